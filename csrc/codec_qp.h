@@ -1,0 +1,39 @@
+/* codec_qp.h - incremental quoted-printable encoder (RFC 2045 section 6.7)
+ * for text. Line breaks in the input (CRLF, bare CR, bare LF) become CRLF
+ * hard breaks; output lines are at most 76 characters including the '=' of
+ * a soft break; space and tab before a hard break or at the end are
+ * encoded; '=' and bytes outside 33..126 are encoded. A '.' or "From " at
+ * the start of an output line is encoded too, so the result survives
+ * dot-stuffing and mbox handling unchanged. State carries across calls:
+ * every split of the input gives the same output. */
+#ifndef CODEC_QP_H
+#define CODEC_QP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mlr_qp {
+    unsigned col;        /* characters on the current output line */
+    int pending_cr;      /* last input byte was CR (maybe half of CRLF) */
+    int pending_ws;      /* a space or tab is held until we know what follows (-1 none) */
+    uint8_t head[5];     /* held bytes at line start to detect "From " */
+    unsigned nhead;
+} mlr_qp;
+
+void mlr_qp_init(mlr_qp *s);
+
+/* Largest output mlr_qp_encode can write for n input bytes. */
+size_t mlr_qp_bound(size_t n);
+
+/* Encode n bytes; returns the count written to out. */
+size_t mlr_qp_encode(mlr_qp *s, const uint8_t *in, size_t n, uint8_t *out);
+
+/* Flush held state; writes at most MLR_QP_FINISH_MAX bytes. No CRLF is
+ * added: a text without a final line break gets none. */
+#define MLR_QP_FINISH_MAX 32
+size_t mlr_qp_finish(mlr_qp *s, uint8_t *out);
+
+/* Encoded size of a whole input without producing it. */
+uint64_t mlr_qp_encoded_size(const uint8_t *in, size_t n);
+
+#endif

@@ -1,0 +1,58 @@
+/* lmailer.h - internal header shared by the Lua binding files (lmailer*.c).
+ * Only binding files include lua.h; the core (everything else in csrc/)
+ * never does. */
+#ifndef LMAILER_H
+#define LMAILER_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "mlr_common.h"
+
+/* Lua 5.1 / LuaJIT compatibility shims. */
+#if LUA_VERSION_NUM < 502
+#define lua_rawlen lua_objlen
+#define luaL_setfuncs(L, l, n) mlr_compat_setfuncs(L, l, n)
+void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
+#define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
+void *luaL_testudata(lua_State *L, int idx, const char *tname);
+#endif
+#if LUA_VERSION_NUM < 504
+#define lua_newuserdatauv(L, sz, nuv) lua_newuserdata(L, sz)
+#endif
+
+/* Push an error object (a table with metatable mailer.Error) built from
+ * the fields given; NULL strings and negative code are left out. */
+void mlr_push_error(lua_State *L, const char *kind, const char *message,
+                    const char *field, int code, const char *enhanced,
+                    int temporary);
+/* Push nil and an error object; returns 2 (for "return mlr_fail(...)"). */
+int mlr_fail(lua_State *L, const char *kind, const char *message, const char *field);
+
+/* The allocator of the Lua state, for the core. */
+void mlr_lua_alloc(lua_State *L, mlr_alloc *a);
+
+/* Uservalue access (one table per userdata) across Lua versions:
+ * mlr_setuv pops a table and stores it; mlr_getuv pushes it. */
+#if LUA_VERSION_NUM >= 504
+#define mlr_setuv(L, idx) lua_setiuservalue(L, idx, 1)
+#define mlr_getuv(L, idx) lua_getiuservalue(L, idx, 1)
+#elif LUA_VERSION_NUM >= 502
+#define mlr_setuv(L, idx) lua_setuservalue(L, idx)
+#define mlr_getuv(L, idx) lua_getuservalue(L, idx)
+#else
+#define mlr_setuv(L, idx) lua_setfenv(L, idx)
+#define mlr_getuv(L, idx) lua_getfenv(L, idx)
+#endif
+
+struct mlr_msg;
+/* The core message behind a mailer.Message userdata at idx (raises when
+ * idx is not one, or is closed). Also makes L the state that Lua-function
+ * attachment sources run in, for renderings started until the next call. */
+struct mlr_msg *mlr_lua_msg_use(lua_State *L, int idx);
+
+/* Registration of each binding part into the module table at the top. */
+void mlr_open_message(lua_State *L);
+void mlr_open_smtp(lua_State *L);
+
+#endif
