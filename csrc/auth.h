@@ -1,0 +1,54 @@
+/* auth.h - SASL mechanisms for SMTP AUTH (RFC 4954): PLAIN (RFC 4616),
+ * LOGIN, CRAM-MD5 (RFC 2195), XOAUTH2 and OAUTHBEARER (RFC 7628).
+ *
+ * The mechanisms work on raw octets; the engine does the base64 and the
+ * line handling. A mechanism is one row of a table (name, credential it
+ * needs, initial response, challenge step), which is where SCRAM-SHA-256
+ * will plug in. Part of the C core: no lua.h. */
+#ifndef AUTH_H
+#define AUTH_H
+
+#include "mlr_common.h"
+#include "smtp_reply.h"   /* MLR_MECH_* */
+
+/* Credentials and per-exchange state. The strings are borrowed. */
+typedef struct mlr_sasl {
+    unsigned mech;          /* one MLR_MECH_* bit */
+    int step;               /* challenges answered so far */
+    const char *user;
+    size_t user_len;
+    const char *secret;     /* password, or OAuth token for the OAuth mechanisms */
+    size_t secret_len;
+    const char *host;       /* server name and port, for OAUTHBEARER */
+    unsigned port;
+} mlr_sasl;
+
+/* Does the mechanism use an OAuth token (1) or a password (0)? */
+int mlr_sasl_uses_token(unsigned mech);
+
+/* Pick a mechanism: the first of pref[0..npref) that the server offers
+ * (or, when npref is 0, the strongest offered that fits the credential
+ * kind); returns its MLR_MECH_* bit or 0 when none fits. */
+unsigned mlr_sasl_choose(unsigned offered, const unsigned *pref, size_t npref,
+                         int have_password, int have_token);
+
+/* Check credentials for octets the mechanisms cannot carry: MLR_OK, or
+ * MLR_ERR_INPUT (NUL, or a control octet in a token). */
+int mlr_sasl_check(const mlr_sasl *s);
+
+/* The initial response (raw octets) into out: returns 1 when the
+ * mechanism has one, 0 when it starts with an empty AUTH, MLR_ERR_NOMEM. */
+int mlr_sasl_initial(mlr_sasl *s, mlr_buf *out);
+
+/* Answer a decoded 334 challenge into out: MLR_OK, MLR_ERR_AUTH when the
+ * mechanism has no answer left (the exchange must be cancelled with "*"),
+ * MLR_ERR_NOMEM. */
+int mlr_sasl_step(mlr_sasl *s, const uint8_t *challenge, size_t n, mlr_buf *out);
+
+/* Append the base64 (unwrapped) of in[0..n) to out: MLR_OK or MLR_ERR_NOMEM. */
+int mlr_sasl_b64_append(mlr_buf *out, const uint8_t *in, size_t n);
+/* Strict base64 decode of in[0..n) into out (room for 3*n/4+3 octets);
+ * returns the decoded length or -1 when in is not valid base64. */
+long mlr_sasl_b64_decode(const char *in, size_t n, uint8_t *out);
+
+#endif

@@ -1,0 +1,92 @@
+/* codec_dotstuff.c - CRLF normalisation and dot-stuffing for DATA.
+ * See codec_dotstuff.h. */
+#include "codec_dotstuff.h"
+
+#include <string.h>
+
+#include "mlr_common.h"
+
+/* Octets that need a decision: CR, LF, NUL, and '.' (only at line start). */
+static const uint8_t special[256] = {['\0'] = 1, ['\r'] = 1, ['\n'] = 1, ['.'] = 1};
+
+void mlr_dot_init(mlr_dot *s, size_t max_line)
+{
+    s->col = 0;
+    s->max_line = max_line;
+    s->cr = 0;
+    s->err = 0;
+}
+
+int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
+                   size_t *outlen)
+{
+    size_t i = 0, o = 0, start, run;
+    if (s->err) {
+        *outlen = 0;
+        return s->err;
+    }
+    while (i < n) {
+        uint8_t c = in[i];
+        if (s->cr) {  /* a CR is pending: it ends the line either way */
+            s->cr = 0;
+            out[o++] = '\r';
+            out[o++] = '\n';
+            s->col = 0;
+            if (c == '\n') {
+                i++;
+                continue;
+            }
+        }
+        if (c == '\r') {
+            s->cr = 1;
+            i++;
+            continue;
+        }
+        if (c == '\n') {  /* bare LF */
+            out[o++] = '\r';
+            out[o++] = '\n';
+            s->col = 0;
+            i++;
+            continue;
+        }
+        if (c == '\0') {
+            s->err = MLR_ERR_INPUT;
+            *outlen = o;
+            return s->err;
+        }
+        if (c == '.' && s->col == 0) {
+            out[o++] = '.';
+            s->col = 1;
+        }
+        /* copy a run of ordinary octets (dots inside a line included) */
+        start = i++;
+        while (i < n && (!special[in[i]] || in[i] == '.'))
+            i++;
+        run = i - start;
+        memcpy(out + o, in + start, run);
+        o += run;
+        s->col += run;
+        if (s->max_line && s->col > s->max_line) {
+            s->err = MLR_ERR_INPUT;
+            *outlen = o;
+            return s->err;
+        }
+    }
+    *outlen = o;
+    return MLR_OK;
+}
+
+size_t mlr_dot_finish(mlr_dot *s, uint8_t *out)
+{
+    size_t o = 0;
+    if (s->cr || s->col > 0) {
+        out[o++] = '\r';
+        out[o++] = '\n';
+    }
+    out[o++] = '.';
+    out[o++] = '\r';
+    out[o++] = '\n';
+    s->cr = 0;
+    s->col = 0;
+    return o;
+}
