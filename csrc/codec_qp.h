@@ -12,17 +12,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Private state; zeroed by mlr_qp_init. */
 typedef struct mlr_qp {
     unsigned col;        /* characters on the current output line */
     int pending_cr;      /* last input byte was CR (maybe half of CRLF) */
-    int pending_ws;      /* a space or tab is held until we know what follows (-1 none) */
-    uint8_t head[5];     /* held bytes at line start to detect "From " */
+    uint8_t head[5];     /* input bytes not yet decided (lookahead of <= 4) */
     unsigned nhead;
 } mlr_qp;
 
 void mlr_qp_init(mlr_qp *s);
 
-/* Largest output mlr_qp_encode can write for n input bytes. */
+/* Largest output mlr_qp_encode can write for n input bytes (n up to
+ * SIZE_MAX / 4); the encoder never stores past the count it returns. */
 size_t mlr_qp_bound(size_t n);
 
 /* Encode n bytes; returns the count written to out. */
@@ -33,7 +34,7 @@ size_t mlr_qp_encode(mlr_qp *s, const uint8_t *in, size_t n, uint8_t *out);
 #define MLR_QP_FINISH_MAX 32
 size_t mlr_qp_finish(mlr_qp *s, uint8_t *out);
 
-/* Encoded size of a whole input without producing it. */
+/* Exact size of encode + finish of a whole input, without keeping it. */
 uint64_t mlr_qp_encoded_size(const uint8_t *in, size_t n);
 
 #endif

@@ -1,0 +1,274 @@
+/* codec_qp.c - incremental quoted-printable encoder for text bodies.
+ *
+ * Every output decision for an input byte needs at most the next four
+ * bytes (a space: is a line break next?; a token ending in column 76: is
+ * it the last of its line?; an 'F' at a line start: is it "From "?), so
+ * the encoder holds back at most four undecided bytes between calls and
+ * decides them with the same code once more input (or finish) arrives.
+ * That single decision function is what makes every split of the input
+ * give the same output; a fast path copies runs of plain text mid-line. */
+#include "codec_qp.h"
+
+#include <string.h>
+
+#define QP_MAX_LINE 76 /* RFC 2045 limit, including a soft break's '=' */
+
+enum { QP_LIT = 0, QP_ENC = 1, QP_WS = 2, QP_BRK = 3 };
+
+static const char hex[] = "0123456789ABCDEF";
+
+/* Class of each byte away from a line start: printable ASCII but '=' is
+ * literal, space and tab depend on what follows, CR/LF break the line.
+ * Built at compile time so the encoder has no global state to set up. */
+static const unsigned char cls[256] = {
+#define Q(c) ((c) == '\r' || (c) == '\n' ? QP_BRK                           \
+              : (c) == ' ' || (c) == '\t' ? QP_WS                           \
+              : (c) >= 33 && (c) <= 126 && (c) != '=' ? QP_LIT : QP_ENC)
+#define Q4(b) Q(b), Q((b) + 1), Q((b) + 2), Q((b) + 3)
+#define Q16(b) Q4(b), Q4((b) + 4), Q4((b) + 8), Q4((b) + 12)
+#define Q64(b) Q16(b), Q16((b) + 16), Q16((b) + 32), Q16((b) + 48)
+    Q64(0), Q64(64), Q64(128), Q64(192)
+#undef Q64
+#undef Q16
+#undef Q4
+#undef Q
+};
+
+/* Start an encoder. */
+void mlr_qp_init(mlr_qp *s)
+{
+    memset(s, 0, sizeof *s);
+}
+
+/* Each input byte becomes at most 3 characters; a soft break (3 more)
+ * follows at least 25 tokens; up to 4 bytes held from the last call are
+ * decided here too; 8 spare bytes cover the fast path's wide stores. */
+size_t mlr_qp_bound(size_t n)
+{
+    size_t m = n + 4;
+    return 3 * m + 3 * (m / 24 + 2) + 8;
+}
+
+/* Does "From " start at in[0] ('F' already seen)? 1 yes, 0 no, -1 not
+ * yet known. */
+static int from_at(const uint8_t *in, size_t avail, int end)
+{
+    static const char tail[] = "rom ";
+    size_t k;
+    for (k = 1; k < 5; k++) {
+        if (k >= avail)
+            return end ? 0 : -1;
+        if (in[k] != (uint8_t)tail[k - 1])
+            return 0;
+    }
+    return 1;
+}
+
+static inline uint8_t *put_hex(uint8_t *o, unsigned c)
+{
+    o[0] = '=';
+    o[1] = (uint8_t)hex[c >> 4];
+    o[2] = (uint8_t)hex[c & 15];
+    return o + 3;
+}
+
+/* The reference decision for in[0], with avail bytes visible and end set
+ * when nothing follows them: 1 = consumed the byte, 0 = wrote a soft break
+ * only (in[0] is retried at column 0), -1 = needs more input. */
+static int qp_step(mlr_qp *s, const uint8_t *in, size_t avail, int end, uint8_t **op)
+{
+    uint8_t *o = *op;
+    unsigned c = in[0];
+    int next_brk, enc;
+    unsigned len;
+
+    if (c == '\r' || c == '\n') {
+        if (c == '\n' && s->pending_cr) {
+            s->pending_cr = 0; /* second half of a CRLF */
+            return 1;
+        }
+        o[0] = '\r';
+        o[1] = '\n';
+        *op = o + 2;
+        s->col = 0;
+        s->pending_cr = c == '\r';
+        return 1;
+    }
+    if (avail > 1)
+        next_brk = in[1] == '\r' || in[1] == '\n';
+    else
+        next_brk = end ? 1 : -1;
+
+    if (c == ' ' || c == '\t') {
+        if (next_brk < 0)
+            return -1;
+        enc = next_brk; /* trailing white space must not survive transport */
+    } else {
+        enc = cls[c] != QP_LIT;
+    }
+    if (s->col == 0 && !enc) {
+        if (c == '.') {
+            enc = 1;
+        } else if (c == 'F') {
+            enc = from_at(in, avail, end);
+            if (enc < 0)
+                return -1;
+        }
+    }
+    len = enc ? 3 : 1;
+    if (s->col + len > QP_MAX_LINE - 1) {
+        /* column 76 is only for the last token before a hard break */
+        if (s->col + len > QP_MAX_LINE || next_brk == 0) {
+            o[0] = '=';
+            o[1] = '\r';
+            o[2] = '\n';
+            *op = o + 3;
+            s->col = 0;
+            return 0;
+        }
+        if (next_brk < 0)
+            return -1;
+    }
+    if (enc)
+        o = put_hex(o, c);
+    else
+        *o++ = (uint8_t)c;
+    *op = o;
+    s->col += len;
+    s->pending_cr = 0;
+    return 1;
+}
+
+#define ONES ((uint64_t)0x0101010101010101u)
+#define HIGHS ((uint64_t)0x8080808080808080u)
+
+/* All 8 bytes in 32..126 and none is '='? (Per-byte borrow tricks: a
+ * word-level yes/no is exact even though single lanes may misreport.) */
+static inline int plain8(uint64_t x)
+{
+    uint64_t low = (x - ONES * 32) & ~x;            /* some byte < 32 */
+    uint64_t high = (x + ONES * 1) | x;             /* some byte >= 127 */
+    uint64_t eq = x ^ (ONES * '=');
+    uint64_t eqz = (eq - ONES) & ~eq;               /* some byte == '=' */
+    return ((low | high | eqz) & HIGHS) == 0;
+}
+
+/* Encode in[0..n) as far as the visible bytes allow; returns how many
+ * bytes were consumed (the rest must be offered again with more input). */
+static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **op)
+{
+    uint8_t *o = *op;
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned col = s->col;
+        /* Mid-line with room for any 3-character token: nothing special
+         * can happen except white space lookahead and line breaks. */
+        while (col != 0 && col <= QP_MAX_LINE - 4 && i < n) {
+            unsigned c;
+            if (col <= QP_MAX_LINE - 9 && n - i > 8) {
+                uint64_t x;
+                memcpy(&x, in + i, 8);
+                if (plain8(x)) {
+                    size_t k = 8;
+                    /* a space last in the word is literal unless a break follows */
+                    if ((in[i + 7] == ' ') && (in[i + 8] == '\r' || in[i + 8] == '\n'))
+                        k = 7;
+                    memcpy(o, &x, 8);
+                    o += k;
+                    i += k;
+                    col += (unsigned)k;
+                    continue;
+                }
+            }
+            c = in[i];
+            switch (cls[c]) {
+            case QP_LIT:
+                *o++ = (uint8_t)c;
+                col++;
+                break;
+            case QP_ENC:
+                o = put_hex(o, c);
+                col += 3;
+                break;
+            case QP_WS:
+                if (i + 1 >= n)
+                    goto slow;
+                if (in[i + 1] == '\r' || in[i + 1] == '\n') {
+                    o = put_hex(o, c);
+                    col += 3;
+                } else {
+                    *o++ = (uint8_t)c;
+                    col++;
+                }
+                break;
+            default:
+                goto slow;
+            }
+            i++;
+        }
+    slow:
+        /* the fast loop only runs mid-line, where no CR can be pending */
+        s->col = col;
+        if (i >= n)
+            break;
+        {
+            int r = qp_step(s, in + i, n - i, end, &o);
+            if (r < 0)
+                break;
+            i += (size_t)r;
+        }
+    }
+    *op = o;
+    return i;
+}
+
+/* Feed held bytes first (one new byte at a time, so at most 5 are ever
+ * held), then run on the caller's buffer and keep its undecided tail. */
+size_t mlr_qp_encode(mlr_qp *s, const uint8_t *in, size_t n, uint8_t *out)
+{
+    uint8_t *o = out;
+    size_t used;
+
+    while (s->nhead > 0 && n > 0) {
+        s->head[s->nhead++] = *in++;
+        n--;
+        used = qp_run(s, s->head, s->nhead, 0, &o);
+        s->nhead -= (unsigned)used;
+        memmove(s->head, s->head + used, s->nhead);
+    }
+    if (s->nhead > 0)
+        return (size_t)(o - out);
+    used = qp_run(s, in, n, 0, &o);
+    s->nhead = (unsigned)(n - used);
+    memcpy(s->head, in + used, s->nhead);
+    return (size_t)(o - out);
+}
+
+/* Decide the held bytes as the end of the text; no line break is added. */
+size_t mlr_qp_finish(mlr_qp *s, uint8_t *out)
+{
+    uint8_t *o = out;
+    qp_run(s, s->head, s->nhead, 1, &o);
+    mlr_qp_init(s);
+    return (size_t)(o - out);
+}
+
+/* Run the encoder into a scratch buffer and count: exact by construction. */
+uint64_t mlr_qp_encoded_size(const uint8_t *in, size_t n)
+{
+    enum { CHUNK = 1024 };
+    uint8_t buf[3 * (CHUNK + 4) + 3 * ((CHUNK + 4) / 24 + 2) + 8];
+    mlr_qp s;
+    uint64_t total = 0;
+
+    mlr_qp_init(&s);
+    while (n > 0) {
+        size_t k = n < CHUNK ? n : CHUNK;
+        total += mlr_qp_encode(&s, in, k, buf);
+        in += k;
+        n -= k;
+    }
+    total += mlr_qp_finish(&s, buf);
+    return total;
+}
