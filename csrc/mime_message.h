@@ -37,14 +37,54 @@ typedef struct mlr_msg_error {
 mlr_msg *mlr_msg_new(const mlr_alloc *a);
 void mlr_msg_free(mlr_msg *m);
 
-/* Header setters: each validates (CR, LF, NUL, UTF-8, lengths), encodes
- * (RFC 2047) and folds. field names the Lua field for error reports.
- * Return MLR_OK, MLR_ERR_INPUT (detail in m's error) or MLR_ERR_NOMEM. */
-int mlr_msg_add_mailboxes(mlr_msg *m, const char *header, const mlr_mailbox *list,
-                          size_t n, const char *field);
-int mlr_msg_add_text(mlr_msg *m, const char *header, const char *value, size_t len,
-                     const char *field);
-/* ... see mime_message.c for the full builder API. */
+/* Address roles, in the order their headers are written. */
+enum { MLR_ROLE_FROM, MLR_ROLE_SENDER, MLR_ROLE_REPLY_TO, MLR_ROLE_TO, MLR_ROLE_CC,
+       MLR_ROLE_BCC, MLR_ROLE_COUNT };
+
+/* Where a part's bytes come from. */
+typedef struct mlr_src {
+    const char *data;   /* memory (copied by the message) */
+    size_t len;
+    const char *path;   /* a file, streamed at render time */
+    mlr_source_fn fn;   /* a producer, read once */
+    void *ud;
+    int64_t size;       /* producer's announced size, or -1 */
+} mlr_src;
+
+/* Builder calls. Each returns MLR_OK, MLR_ERR_INPUT (detail from
+ * mlr_msg_last_error, field set from the field argument) or MLR_ERR_NOMEM.
+ * Strings are (pointer, length) pairs: NUL bytes are data, not ends. */
+
+/* Add an address to a role. With name == NULL, s is a mailbox string
+ * ("Name <a@b>" or "a@b"); else s is a bare addr-spec and name the
+ * display name. */
+int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const char *name,
+                        size_t name_len, const char *field);
+int mlr_msg_set_subject(mlr_msg *m, const char *s, size_t n);
+/* Date as a time stamp, or as a ready RFC 5322 string. */
+int mlr_msg_set_date_time(mlr_msg *m, int64_t t);
+int mlr_msg_set_date_string(mlr_msg *m, const char *s, size_t n);
+/* Message-ID with or without its angle brackets. */
+int mlr_msg_set_message_id(mlr_msg *m, const char *s, size_t n);
+/* A custom header; structural and field-backed names are refused. */
+int mlr_msg_add_header(mlr_msg *m, const char *name, size_t nlen, const char *v, size_t vlen,
+                       const char *field);
+/* The text and html bodies (UTF-8). */
+int mlr_msg_set_text(mlr_msg *m, const char *s, size_t n);
+int mlr_msg_set_html(mlr_msg *m, const char *s, size_t n);
+/* An attachment (cid == NULL) or an inline part (cid set). content_type
+ * must be given ("type/subtype"); filename may be NULL. */
+int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
+                     const char *filename, size_t filename_len, const char *cid,
+                     size_t cid_len, const char *field);
+/* Fix the structure, boundaries, Date and Message-ID; required before
+ * rendering. */
+int mlr_msg_finish(mlr_msg *m);
+
+/* The rendered value of a top-level header (unfolded), or NULL; the
+ * result is written into out (NUL-terminated) and its length returned
+ * through *len. */
+const char *mlr_msg_header(const mlr_msg *m, const char *name, size_t nlen, mlr_buf *out);
 
 /* The error detail of the last failed call. */
 const mlr_msg_error *mlr_msg_last_error(const mlr_msg *m);
@@ -60,7 +100,7 @@ int mlr_msg_needs_smtputf8(const mlr_msg *m);
 uint64_t mlr_msg_size(const mlr_msg *m);
 
 /* Start a rendering; NULL on allocation failure. */
-mlr_render *mlr_render_new(const mlr_msg *m);
+mlr_render *mlr_render_new(mlr_msg *m);
 /* Next piece: 1 with (*p, *n) set (valid until the next call), 0 at the
  * end, negative mlr_err on failure (text from mlr_render_error). */
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n);

@@ -1,0 +1,737 @@
+/* lmailer.c - the Lua module mailer.core: error objects and messages.
+ *
+ * Messages are built by the wrapper (lua/mailer.lua) through the msg_*
+ * builder functions, then finished; the finished mailer.Message userdata
+ * offers render, chunks, envelope, header and size. Attachment sources
+ * that are Lua functions are called back from the C renderer through a
+ * protected call, so an error inside one becomes an error object and
+ * never unwinds through C. */
+#include "lmailer.h"
+#include "mime_message.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/rand.h>
+
+#define MESSAGE_MT "mailer.Message"
+#define RENDER_MT "mailer.Render"
+#define ERROR_MT "mailer.Error"
+#define DEFAULT_CHUNK 65536
+
+#if LUA_VERSION_NUM < 502
+void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+{
+    luaL_checkstack(L, nup + 1, "too many upvalues");
+    for (; l->name; l++) {
+        int i;
+        for (i = 0; i < nup; i++)
+            lua_pushvalue(L, -nup);
+        lua_pushcclosure(L, l->func, nup);
+        lua_setfield(L, -(nup + 2), l->name);
+    }
+    lua_pop(L, nup);
+}
+
+void *luaL_testudata(lua_State *L, int idx, const char *tname)
+{
+    void *p = lua_touserdata(L, idx);
+    if (p && lua_getmetatable(L, idx)) {
+        luaL_getmetatable(L, tname);
+        if (!lua_rawequal(L, -1, -2))
+            p = NULL;
+        lua_pop(L, 2);
+        return p;
+    }
+    return NULL;
+}
+#endif
+
+/* ---- error objects ---- */
+
+void mlr_push_error(lua_State *L, const char *kind, const char *message, const char *field,
+                    int code, const char *enhanced, int temporary)
+{
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, kind ? kind : "protocol");
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, message ? message : "");
+    lua_setfield(L, -2, "message");
+    if (field && *field) {
+        lua_pushstring(L, field);
+        lua_setfield(L, -2, "field");
+    }
+    if (code >= 0) {
+        lua_pushinteger(L, code);
+        lua_setfield(L, -2, "code");
+    }
+    if (enhanced && *enhanced) {
+        lua_pushstring(L, enhanced);
+        lua_setfield(L, -2, "enhanced");
+    }
+    lua_pushboolean(L, temporary);
+    lua_setfield(L, -2, "temporary");
+    luaL_getmetatable(L, ERROR_MT);
+    lua_setmetatable(L, -2);
+}
+
+int mlr_fail(lua_State *L, const char *kind, const char *message, const char *field)
+{
+    lua_pushnil(L);
+    mlr_push_error(L, kind, message, field, -1, NULL, 0);
+    return 2;
+}
+
+/* tostring(err) -> "<kind> error[ <code>[ <enhanced>]]: <message>" */
+static int error_tostring(lua_State *L)
+{
+    luaL_Buffer b;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_buffinit(L, &b);
+    lua_getfield(L, 1, "kind");
+    luaL_addstring(&b, lua_isstring(L, -1) ? lua_tostring(L, -1) : "unknown");
+    lua_pop(L, 1);
+    luaL_addstring(&b, " error");
+    lua_getfield(L, 1, "code");
+    if (lua_isnumber(L, -1)) {
+        luaL_addchar(&b, ' ');
+        luaL_addstring(&b, lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "enhanced");
+    if (lua_isstring(L, -1)) {
+        luaL_addchar(&b, ' ');
+        luaL_addstring(&b, lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    luaL_addstring(&b, ": ");
+    lua_getfield(L, 1, "message");
+    luaL_addstring(&b, lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+    lua_pop(L, 1);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* core.error(tbl) -> tbl with the error metatable (for the Lua side). */
+static int l_error(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "temporary");
+    if (lua_isnil(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, 1, "temporary");
+    }
+    lua_pop(L, 1);
+    lua_settop(L, 1);
+    luaL_getmetatable(L, ERROR_MT);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* core.is_error(v) -> true when v is an error object. */
+static int l_is_error(lua_State *L)
+{
+    int r = 0;
+    if (lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, ERROR_MT);
+        r = lua_rawequal(L, -1, -2);
+    }
+    lua_pushboolean(L, r);
+    return 1;
+}
+
+void mlr_lua_alloc(lua_State *L, mlr_alloc *a)
+{
+    a->fn = lua_getallocf(L, &a->ud);
+}
+
+/* ---- messages ---- */
+
+typedef struct lsource {
+    struct lmsg *owner;
+    int fn_ref;     /* the Lua function, in the registry */
+    int chunk_ref;  /* the last chunk it returned, kept alive */
+} lsource;
+
+typedef struct lmsg {
+    mlr_msg *m;
+    mlr_alloc alloc;
+    lua_State *L;   /* the state that runs sources during the current call */
+    lsource **sources;
+    size_t nsources;
+    int finished;
+} lmsg;
+
+static lmsg *check_lmsg(lua_State *L, int idx)
+{
+    lmsg *lm = luaL_checkudata(L, idx, MESSAGE_MT);
+    if (!lm->m)
+        luaL_error(L, "attempt to use a closed message");
+    return lm;
+}
+
+/* Called by the renderer for a Lua-function source. */
+static int lsource_read(void *ud, const uint8_t **p, size_t *n, char *err, size_t errlen)
+{
+    lsource *s = ud;
+    lua_State *L = s->owner->L;
+    int top = lua_gettop(L), t;
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack overflow");
+        return MLR_ERR_NOMEM;
+    }
+    if (s->chunk_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->chunk_ref);
+        s->chunk_ref = LUA_NOREF;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
+    if (lua_pcall(L, 0, 2, 0) != 0) {
+        const char *msg = lua_tostring(L, -1);
+        if (!msg && luaL_callmeta(L, -1, "__tostring"))
+            msg = lua_tostring(L, -1);
+        snprintf(err, errlen, "source raised an error: %s", msg ? msg : "(not a string)");
+        lua_settop(L, top);
+        return MLR_ERR_IO;
+    }
+    t = lua_type(L, -2);
+    if (t == LUA_TNIL) {
+        const char *msg = lua_tostring(L, -1);
+        if (msg) {
+            snprintf(err, errlen, "source failed: %s", msg);
+            lua_settop(L, top);
+            return MLR_ERR_IO;
+        }
+        lua_settop(L, top);
+        return 0;
+    }
+    if (t != LUA_TSTRING) {
+        snprintf(err, errlen, "source returned a %s (expected a string, or nil at the end)",
+                 lua_typename(L, t));
+        lua_settop(L, top);
+        return MLR_ERR_INPUT;
+    }
+    lua_pop(L, 1);
+    *p = (const uint8_t *)lua_tolstring(L, -1, n);
+    s->chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps *p valid */
+    lua_settop(L, top);
+    return 1;
+}
+
+/* Free everything a message holds; safe to call twice. */
+static void lmsg_release(lua_State *L, lmsg *lm)
+{
+    size_t i;
+    if (lm->m) {
+        mlr_msg_free(lm->m);
+        lm->m = NULL;
+    }
+    for (i = 0; i < lm->nsources; i++) {
+        lsource *s = lm->sources[i];
+        luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, s->chunk_ref);
+        mlr_free(&lm->alloc, s, sizeof *s);
+    }
+    mlr_free(&lm->alloc, lm->sources, lm->nsources * sizeof *lm->sources);
+    lm->sources = NULL;
+    lm->nsources = 0;
+}
+
+static int msg_gc(lua_State *L)
+{
+    lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
+    lmsg_release(L, lm);
+    return 0;
+}
+
+/* core.new_message() -> an empty, unfinished message */
+static int l_new_message(lua_State *L)
+{
+    lmsg *lm = lua_newuserdatauv(L, sizeof *lm, 1);
+    memset(lm, 0, sizeof *lm);
+    luaL_getmetatable(L, MESSAGE_MT);
+    lua_setmetatable(L, -2);
+    mlr_lua_alloc(L, &lm->alloc);
+    lm->m = mlr_msg_new(&lm->alloc);
+    if (!lm->m)
+        return luaL_error(L, "not enough memory");
+    return 1;
+}
+
+/* Turn a builder result into Lua results: true, or nil and an error. */
+static int builder_result(lua_State *L, lmsg *lm, int rc)
+{
+    const mlr_msg_error *e;
+    if (rc == MLR_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (rc == MLR_ERR_NOMEM)
+        return luaL_error(L, "not enough memory");
+    e = mlr_msg_last_error(lm->m);
+    lua_pushnil(L);
+    mlr_push_error(L, "input", e->message, e->field, -1, NULL, 0);
+    return 2;
+}
+
+static lmsg *check_builder(lua_State *L)
+{
+    lmsg *lm = check_lmsg(L, 1);
+    if (lm->finished)
+        luaL_error(L, "the message is already finished");
+    return lm;
+}
+
+/* core.msg_address(m, role, address [, name], field) -> true | nil, err */
+static int l_msg_address(lua_State *L)
+{
+    static const char *const roles[] = {"from", "sender", "reply_to", "to", "cc", "bcc", NULL};
+    lmsg *lm = check_builder(L);
+    int role = luaL_checkoption(L, 2, NULL, roles);
+    size_t n, nn = 0;
+    const char *s = luaL_checklstring(L, 3, &n);
+    const char *name = luaL_optlstring(L, 4, NULL, &nn);
+    const char *field = luaL_checkstring(L, 5);
+    return builder_result(L, lm, mlr_msg_add_address(lm->m, role, s, n, name, nn, field));
+}
+
+/* core.msg_subject(m, s) */
+static int l_msg_subject(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    return builder_result(L, lm, mlr_msg_set_subject(lm->m, s, n));
+}
+
+/* core.msg_date(m, time_or_string) */
+static int l_msg_date(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        lua_Number t = lua_tonumber(L, 2);
+        if (!(t >= -1e15 && t <= 1e15))
+            return mlr_fail(L, "input", "date: time stamp out of range", "date");
+        return builder_result(L, lm, mlr_msg_set_date_time(lm->m, (int64_t)t));
+    } else {
+        size_t n;
+        const char *s = luaL_checklstring(L, 2, &n);
+        return builder_result(L, lm, mlr_msg_set_date_string(lm->m, s, n));
+    }
+}
+
+/* core.msg_message_id(m, id) */
+static int l_msg_message_id(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    return builder_result(L, lm, mlr_msg_set_message_id(lm->m, s, n));
+}
+
+/* core.msg_header(m, name, value, field) */
+static int l_msg_header(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    size_t nl, vl;
+    const char *name = luaL_checklstring(L, 2, &nl);
+    const char *v = luaL_checklstring(L, 3, &vl);
+    const char *field = luaL_checkstring(L, 4);
+    return builder_result(L, lm, mlr_msg_add_header(lm->m, name, nl, v, vl, field));
+}
+
+/* core.msg_body(m, "text"|"html", s) */
+static int l_msg_body(lua_State *L)
+{
+    static const char *const kinds[] = {"text", "html", NULL};
+    lmsg *lm = check_builder(L);
+    int kind = luaL_checkoption(L, 2, NULL, kinds);
+    size_t n;
+    const char *s = luaL_checklstring(L, 3, &n);
+    return builder_result(L, lm, kind == 0 ? mlr_msg_set_text(lm->m, s, n)
+                                           : mlr_msg_set_html(lm->m, s, n));
+}
+
+/* core.msg_part(m, spec, field) with spec = {path=|data=|source=,
+ * content_type=, filename=, cid=, size=} (already checked by the wrapper) */
+static int l_msg_part(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    mlr_src src;
+    size_t fnl = 0, cidl = 0;
+    const char *ct, *fname, *cid, *field;
+    lsource *ls = NULL;
+    int rc;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    field = luaL_checkstring(L, 3);
+    memset(&src, 0, sizeof src);
+    src.size = -1;
+    lua_getfield(L, 2, "content_type");
+    ct = luaL_checkstring(L, -1);
+    lua_getfield(L, 2, "filename");
+    fname = luaL_optlstring(L, -1, NULL, &fnl);
+    lua_getfield(L, 2, "cid");
+    cid = luaL_optlstring(L, -1, NULL, &cidl);
+    lua_getfield(L, 2, "path");
+    src.path = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 2, "data");
+    src.data = luaL_optlstring(L, -1, NULL, &src.len);
+    lua_getfield(L, 2, "size");
+    if (lua_isnumber(L, -1))
+        src.size = (int64_t)lua_tonumber(L, -1);
+    lua_getfield(L, 2, "source");
+    if (!lua_isnil(L, -1)) {
+        void *arr;
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+        arr = mlr_realloc(&lm->alloc, lm->sources, lm->nsources * sizeof *lm->sources,
+                          (lm->nsources + 1) * sizeof *lm->sources);
+        if (!arr)
+            return luaL_error(L, "not enough memory");
+        lm->sources = arr;
+        ls = mlr_malloc(&lm->alloc, sizeof *ls);
+        if (!ls)
+            return luaL_error(L, "not enough memory");
+        ls->owner = lm;
+        ls->chunk_ref = LUA_NOREF;
+        lua_pushvalue(L, -1);
+        ls->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lm->sources[lm->nsources++] = ls;
+        src.fn = lsource_read;
+        src.ud = ls;
+    }
+    if (src.path && src.path[0] == '\0')
+        return mlr_fail(L, "input", "path is empty", field);
+    if (src.path && strlen(src.path) != lua_rawlen(L, 7)) /* spec.path */
+        return mlr_fail(L, "input", "path contains a NUL byte", field);
+    rc = mlr_msg_add_part(lm->m, &src, ct, fname, fnl, cid, cidl, field);
+    lua_settop(L, 3);
+    return builder_result(L, lm, rc);
+}
+
+/* core.msg_finish(m) -> m | nil, err */
+static int l_msg_finish(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    int rc = mlr_msg_finish(lm->m);
+    if (rc != MLR_OK)
+        return builder_result(L, lm, rc);
+    lm->finished = 1;
+    lua_settop(L, 1);
+    return 1;
+}
+
+struct mlr_msg *mlr_lua_msg_use(lua_State *L, int idx)
+{
+    lmsg *lm = check_lmsg(L, idx);
+    if (!lm->finished)
+        luaL_argerror(L, idx, "message is not finished");
+    lm->L = L;
+    return lm->m;
+}
+
+static lmsg *check_finished(lua_State *L)
+{
+    lmsg *lm = check_lmsg(L, 1);
+    if (!lm->finished)
+        luaL_error(L, "message is not finished");
+    lm->L = L;
+    return lm;
+}
+
+/* Push the error of a failed rendering. */
+static void push_render_error(lua_State *L, mlr_render *r, int rc)
+{
+    const char *msg = mlr_render_error(r);
+    const char *field = NULL;
+    char fieldbuf[64];
+    const char *colon = strchr(msg, ':');
+    if (colon && (size_t)(colon - msg) < sizeof fieldbuf) {
+        memcpy(fieldbuf, msg, (size_t)(colon - msg));
+        fieldbuf[colon - msg] = '\0';
+        field = fieldbuf;
+    }
+    mlr_push_error(L, mlr_err_kind(rc), msg, field, -1, NULL, 0);
+}
+
+typedef struct lrender {
+    mlr_render *r;
+    const uint8_t *p;   /* pending bytes from the renderer */
+    size_t n;
+    int done;
+} lrender;
+
+static lrender *new_lrender(lua_State *L, lmsg *lm);
+
+static int render_gc(lua_State *L)
+{
+    lrender *lr = luaL_checkudata(L, 1, RENDER_MT);
+    if (lr->r) {
+        mlr_render_free(lr->r);
+        lr->r = NULL;
+    }
+    return 0;
+}
+
+/* The chunks iterator: upvalues (render, message, size). */
+static int chunks_next(lua_State *L)
+{
+    lrender *lr = luaL_checkudata(L, lua_upvalueindex(1), RENDER_MT);
+    lmsg *lm = luaL_checkudata(L, lua_upvalueindex(2), MESSAGE_MT);
+    size_t size = (size_t)lua_tointeger(L, lua_upvalueindex(3));
+    luaL_Buffer b;
+    size_t have = 0;
+    if (lr->done || !lr->r || !lm->m)
+        return 0;
+    lm->L = L;
+    luaL_buffinit(L, &b);
+    while (have < size) {
+        size_t take;
+        if (lr->n == 0) {
+            int rc = mlr_render_next(lr->r, &lr->p, &lr->n);
+            if (rc == 0) {
+                lr->done = 1;
+                break;
+            }
+            if (rc < 0) {
+                lr->done = 1;
+                push_render_error(L, lr->r, rc);
+                mlr_render_free(lr->r);
+                lr->r = NULL;
+                return lua_error(L); /* a silent end would truncate the message */
+            }
+        }
+        take = lr->n < size - have ? lr->n : size - have;
+        luaL_addlstring(&b, (const char *)lr->p, take);
+        lr->p += take;
+        lr->n -= take;
+        have += take;
+    }
+    if (have == 0) {
+        mlr_render_free(lr->r);
+        lr->r = NULL;
+        return 0;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* msg:chunks([size]) -> iterator over pieces of the rendered message */
+static int msg_chunks(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    lua_Integer size = luaL_optinteger(L, 2, DEFAULT_CHUNK);
+    lrender *lr;
+    luaL_argcheck(L, size >= 1 && size <= (1 << 30), 2, "size must be 1 .. 2^30");
+    lr = new_lrender(L, lm);
+    (void)lr;
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, size);
+    lua_pushcclosure(L, chunks_next, 3);
+    return 1;
+}
+
+/* Push a new mailer.Render userdata for a rendering of lm. */
+static lrender *new_lrender(lua_State *L, lmsg *lm)
+{
+    lrender *lr = lua_newuserdatauv(L, sizeof *lr, 0);
+    memset(lr, 0, sizeof *lr);
+    luaL_getmetatable(L, RENDER_MT);
+    lua_setmetatable(L, -2);
+    lr->r = mlr_render_new(lm->m);
+    if (!lr->r)
+        luaL_error(L, "not enough memory");
+    return lr;
+}
+
+/* msg:render() -> the whole message as a string | nil, err */
+static int msg_render(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    lrender *lr = new_lrender(L, lm); /* owned by Lua: freed even if we raise */
+    luaL_Buffer b;
+    const uint8_t *p;
+    size_t n;
+    int rc;
+    luaL_buffinit(L, &b);
+    while ((rc = mlr_render_next(lr->r, &p, &n)) == 1)
+        luaL_addlstring(&b, (const char *)p, n);
+    luaL_pushresult(&b);
+    if (rc < 0) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        push_render_error(L, lr->r, rc);
+        return 2;
+    }
+    return 1;
+}
+
+/* msg:envelope() -> from, {rcpt, ...} */
+static int msg_envelope(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    size_t i, n = mlr_msg_env_count(lm->m);
+    lua_pushstring(L, mlr_msg_env_from(lm->m));
+    lua_createtable(L, (int)n, 0);
+    for (i = 0; i < n; i++) {
+        lua_pushstring(L, mlr_msg_env_rcpt(lm->m, i));
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 2;
+}
+
+/* msg:header(name) -> rendered value (unfolded) | nil */
+static int msg_header(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    size_t nl;
+    const char *name = luaL_checklstring(L, 2, &nl);
+    mlr_buf out;
+    const char *v;
+    mlr_buf_init(&out, &lm->alloc);
+    v = mlr_msg_header(lm->m, name, nl, &out);
+    if (v)
+        lua_pushlstring(L, v, out.len);
+    else
+        lua_pushnil(L);
+    mlr_buf_free(&out);
+    return 1;
+}
+
+/* msg:size() -> exact rendered size in octets, or nil when a source has
+ * no announced size */
+static int msg_size(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    uint64_t s = mlr_msg_size(lm->m);
+    if (s == 0)
+        lua_pushnil(L);
+    else
+#if LUA_VERSION_NUM >= 503
+        lua_pushinteger(L, (lua_Integer)s);
+#else
+        lua_pushnumber(L, (lua_Number)s);
+#endif
+    return 1;
+}
+
+static int msg_tostring(lua_State *L)
+{
+    lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
+    lua_pushfstring(L, "mailer.Message (%p)%s", (void *)lm, lm->m ? "" : " (closed)");
+    return 1;
+}
+
+static const luaL_Reg msg_methods[] = {
+    {"render", msg_render},     {"chunks", msg_chunks}, {"envelope", msg_envelope},
+    {"header", msg_header},     {"size", msg_size},     {NULL, NULL}};
+
+static const luaL_Reg msg_meta[] = {
+    {"__gc", msg_gc}, {"__close", msg_gc}, {"__tostring", msg_tostring}, {NULL, NULL}};
+
+/* core.mkdir(path) -> true | nil, message: creates missing directories
+ * along the path (like mkdir -p), without a shell. */
+static int l_mkdir(lua_State *L)
+{
+    size_t n, i;
+    const char *path = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    char *copy;
+    if (n == 0 || strlen(path) != n)
+        return lua_pushnil(L), lua_pushliteral(L, "directory path is empty or has a NUL byte"), 2;
+    copy = (char *)lua_newuserdatauv(L, n + 1, 0);
+    memcpy(copy, path, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (i == n || copy[i] == '/') {
+            char c = copy[i];
+            copy[i] = '\0';
+            if (mkdir(copy, 0777) != 0 && errno != EEXIST) {
+                luaL_buffinit(L, &b);
+                luaL_addstring(&b, "cannot create directory '");
+                luaL_addstring(&b, copy);
+                luaL_addstring(&b, "': ");
+                luaL_addstring(&b, strerror(errno));
+                luaL_pushresult(&b);
+                lua_pushnil(L);
+                lua_insert(L, -2);
+                return 2;
+            }
+            copy[i] = c;
+        }
+    }
+    {
+        struct stat st;
+        if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "'%s' is not a directory", path);
+            return 2;
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.random_hex(nbytes) -> 2*nbytes hex digits from the CSPRNG */
+static int l_random_hex(lua_State *L)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[64];
+    char out[128];
+    lua_Integer n = luaL_checkinteger(L, 1), i;
+    luaL_argcheck(L, n >= 1 && n <= 64, 1, "1 .. 64 bytes");
+    if (RAND_bytes(rnd, (int)n) != 1)
+        return luaL_error(L, "random generator failed");
+    for (i = 0; i < n; i++) {
+        out[2 * i] = hex[rnd[i] >> 4];
+        out[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    lua_pushlstring(L, out, (size_t)(2 * n));
+    return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"error", l_error},
+    {"mkdir", l_mkdir},
+    {"random_hex", l_random_hex},
+    {"is_error", l_is_error},
+    {"new_message", l_new_message},
+    {"msg_address", l_msg_address},
+    {"msg_subject", l_msg_subject},
+    {"msg_date", l_msg_date},
+    {"msg_message_id", l_msg_message_id},
+    {"msg_header", l_msg_header},
+    {"msg_body", l_msg_body},
+    {"msg_part", l_msg_part},
+    {"msg_finish", l_msg_finish},
+    {NULL, NULL}};
+
+void mlr_open_message(lua_State *L)
+{
+    luaL_newmetatable(L, MESSAGE_MT);
+    luaL_setfuncs(L, msg_meta, 0);
+    luaL_newlib(L, msg_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, RENDER_MT);
+    lua_pushcfunction(L, render_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, ERROR_MT);
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_setfuncs(L, core_funcs, 0);
+}
+
+/* require "mailer.core" */
+int luaopen_mailer_core(lua_State *L);
+int luaopen_mailer_core(lua_State *L)
+{
+    lua_newtable(L);
+    mlr_open_message(L);
+    mlr_open_smtp(L);
+    lua_pushliteral(L, "0.1.0");
+    lua_setfield(L, -2, "_VERSION");
+    return 1;
+}
