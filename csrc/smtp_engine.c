@@ -1,0 +1,1356 @@
+/* smtp_engine.c - the SMTP client state machine: session setup (greeting,
+ * EHLO/HELO, STARTTLS, AUTH), transactions with PIPELINING, body streaming
+ * through the dot-stuffer, and the simple commands. No sockets here; see
+ * smtp_engine.h for the driver loop. */
+#include "smtp_engine.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "codec_dotstuff.h"
+
+#define BODY_BLOCK (64 * 1024)   /* refill the output up to this many octets */
+#define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
+#define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
+#define QCAP 32                  /* expected-reply ring */
+
+enum state { ST_GREETING, ST_EHLO, ST_HELO, ST_STARTTLS, ST_TLS_WAIT, ST_AUTH,
+             ST_READY, ST_CLOSED };
+
+enum expect { X_GREETING, X_EHLO, X_HELO, X_STARTTLS, X_AUTH, X_AUTH_CANCEL,
+              X_RSET, X_MAIL, X_RCPT, X_DATA, X_DOT, X_NOOP, X_CMD_RSET, X_QUIT };
+
+enum phase { P_QUEUED, P_CMDS, P_BODY, P_DOT, P_DONE };
+
+typedef struct expect_entry {
+    int kind;
+    mlr_smtp_txn *t;
+    size_t count;   /* for X_RCPT: replies still due */
+} expect_entry;
+
+struct mlr_smtp {
+    const mlr_alloc *a;
+    /* options (owned copies) */
+    char *helo, *user, *secret, *host;
+    size_t user_len, secret_len;
+    int secret_is_token;
+    int security, allow_plain;
+    unsigned auth_pref[8];
+    size_t auth_npref;
+    unsigned port;
+    size_t max_line;
+    mlr_smtp_trace_fn trace;
+    void *trace_ud;
+
+    int state;
+    int tls_active, starttls_done, starttls_refused;
+    int quitting, need_rset;
+    mlr_caps caps;
+    mlr_buf ehlo;
+    mlr_reply_parser rp;
+
+    mlr_buf out;          /* bytes to write: out.data[out_pos .. out.len) */
+    size_t out_pos;
+    mlr_buf tmp;          /* command line under construction */
+
+    expect_entry q[QCAP];
+    size_t qhead, qlen;
+
+    mlr_smtp_txn *txq[MLR_SMTP_MAX_TXN];
+    size_t ntx;
+    mlr_smtp_txn *body;   /* transaction whose body is being sent */
+    mlr_dot dot;
+
+    mlr_sasl sasl;
+    unsigned auth_mech;   /* mechanism in use / used */
+    int auth_rounds, ir_deferred;
+    mlr_buf sasl_buf;     /* initial response kept for a deferred send */
+
+    mlr_smtp_status status;   /* fatal error */
+    mlr_smtp_status cmd;      /* NOOP / RSET outcome */
+    uint64_t step_id;
+};
+
+/* ---- small helpers ---- */
+
+static int is_2xx(int code) { return code >= 200 && code < 300; }
+
+/* Copy reply text into a status message, newlines turned into spaces. */
+static void set_text(char *dst, size_t cap, const char *src, size_t n)
+{
+    size_t i;
+    if (n > cap - 1)
+        n = cap - 1;
+    for (i = 0; i < n; i++)
+        dst[i] = (src[i] == '\n' || src[i] == '\r') ? ' ' : src[i];
+    dst[n] = '\0';
+}
+
+/* Fill a status from a server reply (kind "smtp"). */
+static void status_from_reply(mlr_smtp *e, mlr_smtp_status *s, const mlr_reply *r)
+{
+    s->err = MLR_ERR_SMTP;
+    s->code = r->code;
+    s->temporary = r->code / 100 == 4;
+    if (e->caps.flags & MLR_CAP_ENHANCED)
+        memcpy(s->enhanced, r->enhanced, sizeof s->enhanced);
+    else
+        s->enhanced[0] = '\0';
+    set_text(s->message, sizeof s->message, r->text, r->text_len);
+}
+
+/* Send a trace line, if tracing. */
+static void trace(mlr_smtp *e, char dir, const char *line, size_t len)
+{
+    if (e->trace)
+        e->trace(e->trace_ud, dir, line, len);
+}
+
+/* Append one command line (CRLF added); show is what the trace gets
+ * (NULL = the line itself). */
+static int add_line(mlr_smtp *e, const char *line, size_t len, const char *show)
+{
+    if (mlr_buf_add(&e->out, line, len) || mlr_buf_add(&e->out, "\r\n", 2))
+        return MLR_ERR_NOMEM;
+    trace(e, 'C', show ? show : line, show ? strlen(show) : len);
+    e->step_id++;
+    return MLR_OK;
+}
+
+/* Queue the expectation of a reply. */
+static int expect(mlr_smtp *e, int kind, mlr_smtp_txn *t)
+{
+    expect_entry *last = e->qlen ? &e->q[(e->qhead + e->qlen - 1) % QCAP] : NULL;
+    if (kind == X_RCPT && last && last->kind == X_RCPT && last->t == t) {
+        last->count++;
+        return MLR_OK;
+    }
+    if (e->qlen == QCAP)
+        return MLR_ERR_LIMIT;
+    e->q[(e->qhead + e->qlen) % QCAP] = (expect_entry){kind, t, 1};
+    e->qlen++;
+    return MLR_OK;
+}
+
+static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t);
+
+/* Record a fatal error (unless one is set); quit: queue a polite QUIT
+ * (only where the session state is known to be sane). */
+static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int quit,
+                  const char *fmt, va_list ap)
+{
+    size_t i;
+    if (e->status.err)
+        return e->status.err;
+    memset(&e->status, 0, sizeof e->status);
+    if (r)
+        status_from_reply(e, &e->status, r);
+    e->status.err = err;
+    e->status.temporary = temporary;
+    if (fmt)
+        vsnprintf(e->status.message, sizeof e->status.message, fmt, ap);
+    mlr_buf_reset(&e->out);
+    e->out_pos = 0;
+    e->qlen = 0;
+    e->body = NULL;
+    if (quit && e->state != ST_CLOSED && !e->quitting) {
+        e->quitting = 1;
+        add_line(e, "QUIT", 4, NULL);
+    }
+    /* every outstanding transaction fails with the same error */
+    for (i = 0; i < e->ntx; i++) {
+        mlr_smtp_txn *t = e->txq[i];
+        t->status = e->status;
+        if (t->phase == P_DOT && !t->dot_ignored &&
+            (err == MLR_ERR_NETWORK || err == MLR_ERR_TIMEOUT) &&
+            !strstr(t->status.message, "outcome")) {
+            size_t l = strlen(t->status.message);
+            snprintf(t->status.message + l, sizeof t->status.message - l,
+                     " (outcome unknown: the message may or may not have been delivered)");
+        }
+        t->phase = P_DONE;
+        t->done = 1;
+    }
+    e->ntx = 0;
+    return err;
+}
+
+static int fatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int quit,
+                 const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
+
+/* vfatal with a format. */
+static int fatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int quit,
+                 const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = vfatal(e, err, temporary, r, quit, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int mlr_smtp_fail(mlr_smtp *e, int err, int temporary, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = vfatal(e, err, temporary, NULL, 0, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Out of memory is fatal. */
+static int nomem(mlr_smtp *e) { return fatal(e, MLR_ERR_NOMEM, 0, NULL, 0, "out of memory"); }
+
+/* ---- options ---- */
+
+/* Does s[0..n) hold an octet that must never reach a command line? */
+static int has_ctl(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 1;
+    return 0;
+}
+
+mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
+                       char *errmsg, size_t errlen)
+{
+    mlr_smtp *e;
+    const char *helo = o->helo ? o->helo : "localhost";
+    size_t hl = strlen(helo);
+    *err = MLR_ERR_INPUT;
+    if (hl == 0 || hl > 255 || has_ctl(helo, hl) || strchr(helo, ' ')) {
+        snprintf(errmsg, errlen, "invalid helo name (empty, too long, or a space or control character)");
+        return NULL;
+    }
+    if (o->username && ((o->password && memchr(o->password, '\0', o->password_len)) ||
+                        memchr(o->username, '\0', o->username_len))) {
+        snprintf(errmsg, errlen, "username or password contains a NUL octet");
+        return NULL;
+    }
+    if (o->username && o->token && !o->password &&
+        (has_ctl(o->token, o->token_len) || has_ctl(o->username, o->username_len))) {
+        snprintf(errmsg, errlen, "username or token contains a control character");
+        return NULL;
+    }
+    *err = MLR_ERR_NOMEM;
+    snprintf(errmsg, errlen, "out of memory");
+    e = mlr_malloc(a, sizeof *e);
+    if (!e)
+        return NULL;
+    memset(e, 0, sizeof *e);
+    e->a = a;
+    mlr_buf_init(&e->ehlo, a);
+    mlr_buf_init(&e->out, a);
+    mlr_buf_init(&e->tmp, a);
+    mlr_buf_init(&e->sasl_buf, a);
+    mlr_reply_init(&e->rp, a);
+    e->helo = mlr_strndup(a, helo, hl);
+    e->host = mlr_strndup(a, o->host ? o->host : "", o->host ? strlen(o->host) : 0);
+    if (o->username) {
+        const char *sec = o->password ? o->password : o->token;
+        size_t sl = o->password ? o->password_len : o->token_len;
+        e->user = mlr_strndup(a, o->username, o->username_len);
+        e->user_len = o->username_len;
+        e->secret = mlr_strndup(a, sec ? sec : "", sec ? sl : 0);
+        e->secret_len = sec ? sl : 0;
+        e->secret_is_token = !o->password && o->token;
+        if (!e->user || !e->secret) {
+            mlr_smtp_free(e);
+            return NULL;
+        }
+    }
+    if (!e->helo || !e->host) {
+        mlr_smtp_free(e);
+        return NULL;
+    }
+    e->security = o->security;
+    e->allow_plain = o->allow_plaintext_auth;
+    e->auth_npref = o->auth_npref > 8 ? 8 : o->auth_npref;
+    memcpy(e->auth_pref, o->auth_pref, sizeof e->auth_pref);
+    e->port = o->port;
+    e->max_line = o->max_line == 0 ? 998 : o->max_line == SIZE_MAX ? 0 : o->max_line;
+    e->trace = o->trace;
+    e->trace_ud = o->trace_ud;
+    e->tls_active = o->security == MLR_SEC_TLS;
+    e->state = ST_GREETING;
+    expect(e, X_GREETING, NULL);
+    *err = MLR_OK;
+    return e;
+}
+
+void mlr_smtp_free(mlr_smtp *e)
+{
+    if (!e)
+        return;
+    if (e->secret) {
+        OPENSSL_cleanse(e->secret, e->secret_len);
+        mlr_free(e->a, e->secret, e->secret_len + 1);
+    }
+    if (e->sasl_buf.data)
+        OPENSSL_cleanse(e->sasl_buf.data, e->sasl_buf.cap);
+    if (e->out.data)  /* may hold an AUTH line */
+        OPENSSL_cleanse(e->out.data, e->out.cap);
+    if (e->user)
+        mlr_free(e->a, e->user, e->user_len + 1);
+    if (e->helo)
+        mlr_free(e->a, e->helo, strlen(e->helo) + 1);
+    if (e->host)
+        mlr_free(e->a, e->host, strlen(e->host) + 1);
+    mlr_buf_free(&e->ehlo);
+    mlr_buf_free(&e->out);
+    mlr_buf_free(&e->tmp);
+    mlr_buf_free(&e->sasl_buf);
+    mlr_reply_free(&e->rp);
+    mlr_free(e->a, e, sizeof *e);
+}
+
+/* ---- transactions ---- */
+
+void mlr_smtp_txn_init(mlr_smtp_txn *t, const mlr_alloc *a)
+{
+    memset(t, 0, sizeof *t);
+    t->a = a;
+    mlr_buf_init(&t->text, a);
+}
+
+void mlr_smtp_txn_free(mlr_smtp_txn *t)
+{
+    if (t->results)
+        mlr_free(t->a, t->results, t->nrcpt * sizeof *t->results);
+    t->results = NULL;
+    mlr_buf_free(&t->text);
+}
+
+/* Check an envelope addr-spec; NULL when fine, else why not. */
+static const char *check_addr(const char *s, size_t n, int is_from, int *nonascii)
+{
+    size_t i, at = 0;
+    int quote = 0, esc = 0, seen_at = 0;
+    if (n == 0)
+        return is_from ? NULL : "empty recipient address";
+    if (n > 254)
+        return "address longer than 254 octets (path limit 256)";
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return "address contains a control character (CR, LF, NUL...)";
+        if (c >= 0x80)
+            *nonascii = 1;
+        if (esc) {
+            esc = 0;
+        } else if (quote) {
+            if (c == '\\')
+                esc = 1;
+            else if (c == '"')
+                quote = 0;
+        } else if (c == '"') {
+            quote = 1;
+        } else if (c == ' ' || c == '<' || c == '>' || c == '(' || c == ')' ||
+                   c == ',' || c == ';') {
+            return "address is not a bare addr-spec (space, bracket, comma or comment)";
+        } else if (c == '@') {
+            at = i;
+            seen_at = 1;
+        }
+    }
+    if (quote || esc)
+        return "address has an unbalanced quote";
+    if (!seen_at || at == 0 || at == n - 1)
+        return "address is not of the form local@domain";
+    if (at > 64)
+        return "address local part longer than 64 octets";
+    return NULL;
+}
+
+/* Append the RFC 3461 xtext of s[0..n). */
+static int add_xtext(mlr_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int rc;
+        if (c >= 33 && c <= 126 && c != '+' && c != '=') {
+            rc = mlr_buf_addc(b, (char)c);
+        } else {
+            char x[3] = {'+', hex[c >> 4], hex[c & 15]};
+            rc = mlr_buf_add(b, x, 3);
+        }
+        if (rc)
+            return rc;
+    }
+    return MLR_OK;
+}
+
+/* Fail a transaction before any of its bytes went out. */
+static void txn_reject(mlr_smtp *e, mlr_smtp_txn *t, int err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+static void txn_reject(mlr_smtp *e, mlr_smtp_txn *t, int err, const char *fmt, ...)
+{
+    va_list ap;
+    memset(&t->status, 0, sizeof t->status);
+    t->status.err = err;
+    va_start(ap, fmt);
+    vsnprintf(t->status.message, sizeof t->status.message, fmt, ap);
+    va_end(ap);
+    t->failed = 1;
+    txn_finish(e, t);
+}
+
+/* Record the first failure of a transaction from a reply. */
+static void txn_fail_reply(mlr_smtp *e, mlr_smtp_txn *t, const mlr_reply *r)
+{
+    if (t->failed)
+        return;
+    t->failed = 1;
+    status_from_reply(e, &t->status, r);
+}
+
+/* Build the MAIL FROM line into e->tmp. */
+static int build_mail(mlr_smtp *e, mlr_smtp_txn *t, int utf8)
+{
+    mlr_buf *b = &e->tmp;
+    char num[32];
+    mlr_buf_reset(b);
+    if (mlr_buf_addstr(b, "MAIL FROM:<") || mlr_buf_add(b, t->from, t->from_len) ||
+        mlr_buf_addc(b, '>'))
+        return MLR_ERR_NOMEM;
+    if ((e->caps.flags & MLR_CAP_SIZE) && t->size) {
+        snprintf(num, sizeof num, " SIZE=%llu", (unsigned long long)t->size);
+        if (mlr_buf_addstr(b, num))
+            return MLR_ERR_NOMEM;
+    }
+    if ((e->caps.flags & MLR_CAP_8BITMIME) && (t->eightbit || utf8) &&
+        mlr_buf_addstr(b, " BODY=8BITMIME"))
+        return MLR_ERR_NOMEM;
+    if (utf8 && mlr_buf_addstr(b, " SMTPUTF8"))
+        return MLR_ERR_NOMEM;
+    if (e->caps.flags & MLR_CAP_DSN) {
+        if (t->dsn_ret && (mlr_buf_addstr(b, " RET=") || mlr_buf_addstr(b, t->dsn_ret)))
+            return MLR_ERR_NOMEM;
+        if (t->dsn_envid && (mlr_buf_addstr(b, " ENVID=") ||
+                             add_xtext(b, t->dsn_envid, t->dsn_envid_len)))
+            return MLR_ERR_NOMEM;
+    }
+    return MLR_OK;
+}
+
+/* Build the RCPT TO line of recipient i into e->tmp. */
+static int build_rcpt(mlr_smtp *e, mlr_smtp_txn *t, size_t i)
+{
+    mlr_buf *b = &e->tmp;
+    const char *addr = t->rcpt[i];
+    size_t n = t->rcpt_len[i], k;
+    int ascii = 1;
+    mlr_buf_reset(b);
+    if (mlr_buf_addstr(b, "RCPT TO:<") || mlr_buf_add(b, addr, n) || mlr_buf_addc(b, '>'))
+        return MLR_ERR_NOMEM;
+    if ((e->caps.flags & MLR_CAP_DSN) && t->dsn_notify) {
+        static const char *names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+        int first = 1;
+        if (mlr_buf_addstr(b, " NOTIFY="))
+            return MLR_ERR_NOMEM;
+        for (k = 0; k < 4; k++) {
+            if (!(t->dsn_notify & (1u << k)))
+                continue;
+            if ((!first && mlr_buf_addc(b, ',')) || mlr_buf_addstr(b, names[k]))
+                return MLR_ERR_NOMEM;
+            first = 0;
+        }
+        for (k = 0; k < n; k++)
+            if ((unsigned char)addr[k] >= 0x80)
+                ascii = 0;
+        if (ascii && (mlr_buf_addstr(b, " ORCPT=rfc822;") || add_xtext(b, addr, n)))
+            return MLR_ERR_NOMEM;
+    }
+    return MLR_OK;
+}
+
+/* Write the transaction's next command(s): with PIPELINING all of them. */
+static int send_cmds(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    int pipelined = (e->caps.flags & MLR_CAP_PIPELINING) != 0;
+    do {
+        size_t i = t->next_cmd;
+        int rc, kind;
+        if (i == 0) {
+            rc = build_mail(e, t, t->utf8);
+            kind = X_MAIL;
+        } else if (i <= t->nrcpt) {
+            rc = build_rcpt(e, t, i - 1);
+            kind = X_RCPT;
+        } else {
+            mlr_buf_reset(&e->tmp);
+            rc = mlr_buf_addstr(&e->tmp, "DATA");
+            kind = X_DATA;
+        }
+        if (rc || add_line(e, e->tmp.data, e->tmp.len, NULL))
+            return nomem(e);
+        if (expect(e, kind, t))
+            return fatal(e, MLR_ERR_LIMIT, 0, NULL, 0, "too many pipelined commands");
+        t->next_cmd++;
+    } while (pipelined && t->next_cmd <= t->nrcpt + 1);
+    return MLR_OK;
+}
+
+/* Validate and start a queued transaction; 1 when its commands went out. */
+static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    const char *why;
+    size_t i, len;
+    int nonascii = 0, rc;
+    if (!t->read) {
+        txn_reject(e, t, MLR_ERR_INPUT, "no message body source");
+        return 0;
+    }
+    if (t->nrcpt == 0) {
+        txn_reject(e, t, MLR_ERR_INPUT, "no recipients");
+        return 0;
+    }
+    if ((why = check_addr(t->from, t->from_len, 1, &nonascii))) {
+        txn_reject(e, t, MLR_ERR_INPUT, "invalid envelope sender: %s", why);
+        return 0;
+    }
+    for (i = 0; i < t->nrcpt; i++)
+        if ((why = check_addr(t->rcpt[i], t->rcpt_len[i], 0, &nonascii))) {
+            txn_reject(e, t, MLR_ERR_INPUT, "invalid envelope recipient %zu: %s", i + 1, why);
+            return 0;
+        }
+    if (t->dsn_ret && strcmp(t->dsn_ret, "FULL") && strcmp(t->dsn_ret, "HDRS")) {
+        txn_reject(e, t, MLR_ERR_INPUT, "DSN ret must be FULL or HDRS");
+        return 0;
+    }
+    if ((t->dsn_notify & MLR_DSN_NEVER) && (t->dsn_notify & ~(unsigned)MLR_DSN_NEVER)) {
+        txn_reject(e, t, MLR_ERR_INPUT, "DSN notify NEVER cannot be combined with other values");
+        return 0;
+    }
+    if (t->dsn_notify & ~15u) {
+        txn_reject(e, t, MLR_ERR_INPUT, "invalid DSN notify value");
+        return 0;
+    }
+    if (nonascii)
+        t->utf8 = 1;
+    if (t->utf8 && !(e->caps.flags & MLR_CAP_SMTPUTF8)) {
+        txn_reject(e, t, MLR_ERR_UNSUPPORTED,
+                   "the message needs SMTPUTF8 (non-ASCII addresses) but the server does not offer it");
+        return 0;
+    }
+    if ((e->caps.flags & MLR_CAP_SIZE) && e->caps.size && t->size > e->caps.size) {
+        txn_reject(e, t, MLR_ERR_SMTP,
+                   "message size %llu exceeds the server's SIZE limit of %llu octets",
+                   (unsigned long long)t->size, (unsigned long long)e->caps.size);
+        t->status.code = 552;
+        memcpy(t->status.enhanced, "5.3.4", 6);
+        return 0;
+    }
+    /* every command line must fit in 512 octets: check before writing any */
+    if ((rc = build_mail(e, t, t->utf8)))
+        return nomem(e), 0;
+    len = e->tmp.len + 2;
+    if (len > MAX_CMD_LINE) {
+        txn_reject(e, t, MLR_ERR_INPUT, "MAIL FROM command would exceed 512 octets");
+        return 0;
+    }
+    for (i = 0; i < t->nrcpt; i++) {
+        if ((rc = build_rcpt(e, t, i)))
+            return nomem(e), 0;
+        if (e->tmp.len + 2 > MAX_CMD_LINE) {
+            txn_reject(e, t, MLR_ERR_INPUT, "RCPT TO command %zu would exceed 512 octets", i + 1);
+            return 0;
+        }
+    }
+    if (t->nrcpt > SIZE_MAX / sizeof *t->results)
+        return nomem(e), 0;
+    t->results = mlr_malloc(t->a, t->nrcpt * sizeof *t->results);
+    if (!t->results)
+        return nomem(e), 0;
+    memset(t->results, 0, t->nrcpt * sizeof *t->results);
+    t->phase = P_CMDS;
+    if (e->need_rset) {
+        if (add_line(e, "RSET", 4, NULL) || expect(e, X_RSET, t))
+            return nomem(e), 0;
+        e->need_rset = 0;
+        if (!(e->caps.flags & MLR_CAP_PIPELINING))
+            return 1;  /* MAIL goes out after the RSET reply */
+    }
+    send_cmds(e, t);
+    return e->status.err ? 0 : 1;
+}
+
+/* Start queued transactions as far as the protocol allows. */
+static void pump(mlr_smtp *e)
+{
+    size_t i;
+    while (!e->status.err && e->state == ST_READY && !e->quitting) {
+        mlr_smtp_txn *next = NULL;
+        int busy = 0, waiting_dot = 0;
+        for (i = 0; i < e->ntx; i++) {
+            mlr_smtp_txn *t = e->txq[i];
+            if (t->phase == P_CMDS || t->phase == P_BODY)
+                busy = 1;
+            else if (t->phase == P_DOT)
+                waiting_dot = 1;
+            else if (t->phase == P_QUEUED && !next)
+                next = t;
+        }
+        if (!next || busy)
+            return;
+        if (waiting_dot && !(e->caps.flags & MLR_CAP_PIPELINING))
+            return;
+        /* a simple command still outstanding keeps the order simple */
+        if (e->qlen && e->q[e->qhead].kind >= X_NOOP)
+            return;
+        if (txn_start(e, next))
+            return;
+    }
+}
+
+/* Mark a transaction done and drop it from the queue. */
+static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    size_t i, j;
+    t->phase = P_DONE;
+    t->done = 1;
+    for (i = 0; i < e->ntx; i++)
+        if (e->txq[i] == t) {
+            for (j = i + 1; j < e->ntx; j++)
+                e->txq[j - 1] = e->txq[j];
+            e->ntx--;
+            break;
+        }
+}
+
+int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    if (e->status.err || e->quitting || e->state == ST_CLOSED ||
+        e->ntx == MLR_SMTP_MAX_TXN)
+        return MLR_ERR_STATE;
+    t->done = 0;
+    t->phase = P_QUEUED;
+    t->failed = t->mail_ok = t->dot_ignored = 0;
+    t->next_cmd = t->replies = 0;
+    t->naccepted = 0;
+    t->body_sent = 0;
+    memset(&t->status, 0, sizeof t->status);
+    e->txq[e->ntx++] = t;
+    pump(e);
+    return MLR_OK;
+}
+
+/* ---- session setup ---- */
+
+static void send_ehlo(mlr_smtp *e, const char *verb, int kind, int state)
+{
+    mlr_buf_reset(&e->tmp);
+    if (mlr_buf_addstr(&e->tmp, verb) || mlr_buf_addc(&e->tmp, ' ') ||
+        mlr_buf_addstr(&e->tmp, e->helo) ||
+        add_line(e, e->tmp.data, e->tmp.len, NULL) || expect(e, kind, NULL)) {
+        nomem(e);
+        return;
+    }
+    e->state = state;
+}
+
+/* Session setup is over. */
+static void become_ready(mlr_smtp *e)
+{
+    e->state = ST_READY;
+    pump(e);
+}
+
+/* Start AUTH (when credentials were given), else become ready. */
+static void start_auth(mlr_smtp *e)
+{
+    char names[128];
+    size_t i, nl = 0;
+    int rc;
+    mlr_buf *ir = &e->sasl_buf;
+    if (!e->user) {
+        become_ready(e);
+        return;
+    }
+    if (!e->tls_active && !e->allow_plain) {
+        fatal(e, MLR_ERR_AUTH, 0, NULL, 1,
+              "refusing to send credentials over an unencrypted connection "
+              "(use TLS, or allow_plaintext_auth=true)");
+        return;
+    }
+    if (!(e->caps.flags & MLR_CAP_AUTH)) {
+        fatal(e, MLR_ERR_AUTH, 0, NULL, 1, "the server does not offer AUTH");
+        return;
+    }
+    e->auth_mech = mlr_sasl_choose(e->caps.mechs, e->auth_pref, e->auth_npref,
+                                   !e->secret_is_token, e->secret_is_token);
+    if (!e->auth_mech) {
+        names[0] = '\0';
+        for (i = 0; i < 6; i++)
+            if (e->caps.mechs & (1u << i))
+                nl += (size_t)snprintf(names + nl, sizeof names - nl, " %s", mlr_mech_name(1u << i));
+        fatal(e, MLR_ERR_AUTH, 0, NULL, 1,
+              "no usable AUTH mechanism for the given credentials (server offers:%s)",
+              nl ? names : " none we support");
+        return;
+    }
+    memset(&e->sasl, 0, sizeof e->sasl);
+    e->sasl.mech = e->auth_mech;
+    e->sasl.user = e->user;
+    e->sasl.user_len = e->user_len;
+    e->sasl.secret = e->secret;
+    e->sasl.secret_len = e->secret_len;
+    e->sasl.host = e->host;
+    e->sasl.port = e->port;
+    if (mlr_sasl_check(&e->sasl)) {
+        fatal(e, MLR_ERR_INPUT, 0, NULL, 1, "credentials contain octets %s cannot carry",
+              mlr_mech_name(e->auth_mech));
+        return;
+    }
+    e->auth_rounds = 0;
+    e->ir_deferred = 0;
+    mlr_buf_reset(ir);
+    rc = mlr_sasl_initial(&e->sasl, ir);
+    if (rc < 0) {
+        nomem(e);
+        return;
+    }
+    mlr_buf_reset(&e->tmp);
+    if (mlr_buf_addstr(&e->tmp, "AUTH ") || mlr_buf_addstr(&e->tmp, mlr_mech_name(e->auth_mech))) {
+        nomem(e);
+        return;
+    }
+    snprintf(names, sizeof names, "AUTH %s", mlr_mech_name(e->auth_mech));
+    if (rc == 1) {
+        size_t b64 = 4 * ((ir->len + 2) / 3);
+        if (e->tmp.len + 1 + b64 + 2 > MAX_CMD_LINE) {
+            e->ir_deferred = 1;  /* RFC 4954 section 4: send it after a 334 */
+        } else {
+            if (mlr_buf_addc(&e->tmp, ' ') ||
+                mlr_sasl_b64_append(&e->tmp, (const uint8_t *)ir->data, ir->len)) {
+                nomem(e);
+                return;
+            }
+            snprintf(names, sizeof names, "AUTH %s <redacted>", mlr_mech_name(e->auth_mech));
+        }
+    }
+    if (add_line(e, e->tmp.data, e->tmp.len, names) || expect(e, X_AUTH, NULL)) {
+        nomem(e);
+        return;
+    }
+    OPENSSL_cleanse(e->tmp.data, e->tmp.len);
+    e->state = ST_AUTH;
+}
+
+/* After a successful EHLO or HELO: STARTTLS, AUTH, or ready. */
+static void after_ehlo(mlr_smtp *e)
+{
+    if (!e->tls_active && !e->starttls_done && !e->starttls_refused &&
+        (e->security == MLR_SEC_STARTTLS || e->security == MLR_SEC_STARTTLS_OPTIONAL)) {
+        if (e->caps.flags & MLR_CAP_STARTTLS) {
+            if (add_line(e, "STARTTLS", 8, NULL) || expect(e, X_STARTTLS, NULL)) {
+                nomem(e);
+                return;
+            }
+            e->state = ST_STARTTLS;
+            return;
+        }
+        if (e->security == MLR_SEC_STARTTLS) {
+            fatal(e, MLR_ERR_TLS, 0, NULL, 1,
+                  "the server does not offer STARTTLS, and security=\"starttls\" requires it");
+            return;
+        }
+    }
+    start_auth(e);
+}
+
+/* Send a SASL response (raw octets) base64-encoded; the trace hides it. */
+static void auth_respond(mlr_smtp *e, const uint8_t *p, size_t n)
+{
+    mlr_buf_reset(&e->tmp);
+    if (mlr_sasl_b64_append(&e->tmp, p, n) ||
+        add_line(e, e->tmp.data, e->tmp.len, "<redacted>") || expect(e, X_AUTH, NULL)) {
+        nomem(e);
+        return;
+    }
+    OPENSSL_cleanse(e->tmp.data, e->tmp.len);
+}
+
+/* Cancel the SASL exchange with "*". */
+static void auth_cancel(mlr_smtp *e)
+{
+    if (add_line(e, "*", 1, NULL) || expect(e, X_AUTH_CANCEL, NULL))
+        nomem(e);
+}
+
+/* A reply to AUTH or to a SASL response. */
+static void on_auth(mlr_smtp *e, const mlr_reply *r)
+{
+    uint8_t *dec;
+    long dn;
+    size_t tl = r->text_len;
+    int rc;
+    if (is_2xx(r->code)) {
+        become_ready(e);
+        return;
+    }
+    if (r->code != 334) {
+        if (r->code / 100 == 3)
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to AUTH", r->code);
+        else
+            fatal(e, MLR_ERR_AUTH, r->code / 100 == 4, r, 1, "authentication failed (%s): %d %.400s",
+                  mlr_mech_name(e->auth_mech), r->code, r->text);
+        return;
+    }
+    if (++e->auth_rounds > MAX_AUTH_ROUNDS) {
+        auth_cancel(e);
+        return;
+    }
+    if (e->ir_deferred) {
+        e->ir_deferred = 0;
+        auth_respond(e, (const uint8_t *)e->sasl_buf.data, e->sasl_buf.len);
+        OPENSSL_cleanse(e->sasl_buf.data, e->sasl_buf.len);
+        return;
+    }
+    while (tl && r->text[tl - 1] == ' ')
+        tl--;
+    dec = mlr_malloc(e->a, tl / 4 * 3 + 4);
+    if (!dec) {
+        nomem(e);
+        return;
+    }
+    dn = mlr_sasl_b64_decode(r->text, tl, dec);
+    mlr_buf_reset(&e->sasl_buf);
+    rc = dn < 0 ? MLR_ERR_AUTH : mlr_sasl_step(&e->sasl, dec, (size_t)dn, &e->sasl_buf);
+    mlr_free(e->a, dec, tl / 4 * 3 + 4);
+    if (rc == MLR_ERR_NOMEM) {
+        nomem(e);
+        return;
+    }
+    if (rc) {
+        auth_cancel(e);
+        return;
+    }
+    auth_respond(e, (const uint8_t *)e->sasl_buf.data, e->sasl_buf.len);
+    OPENSSL_cleanse(e->sasl_buf.data, e->sasl_buf.len);
+}
+
+/* ---- replies ---- */
+
+/* Hand out the per-recipient reply i of t. */
+static void rcpt_result(mlr_smtp *e, mlr_smtp_txn *t, size_t i, const mlr_reply *r)
+{
+    mlr_rcpt_result *res = &t->results[i];
+    res->code = r->code;
+    if (e->caps.flags & MLR_CAP_ENHANCED)
+        memcpy(res->enhanced, r->enhanced, sizeof res->enhanced);
+    res->text_off = t->text.len;
+    if (mlr_buf_add(&t->text, r->text, r->text_len)) {
+        nomem(e);
+        return;
+    }
+    res->text_len = r->text_len;
+    if (is_2xx(r->code))
+        t->naccepted++;
+}
+
+/* Every recipient was refused: the transaction fails with the first refusal. */
+static void all_rejected(mlr_smtp_txn *t)
+{
+    size_t i;
+    int temp = 1;
+    const mlr_rcpt_result *first = &t->results[0];
+    if (t->failed)
+        return;
+    for (i = 0; i < t->nrcpt; i++)
+        if (t->results[i].code / 100 != 4 && t->results[i].code != 552)
+            temp = 0;
+    t->failed = 1;
+    memset(&t->status, 0, sizeof t->status);
+    t->status.err = MLR_ERR_SMTP;
+    t->status.code = first->code;
+    t->status.temporary = temp;
+    memcpy(t->status.enhanced, first->enhanced, sizeof first->enhanced);
+    snprintf(t->status.message, sizeof t->status.message, "all recipients were rejected: ");
+    {
+        size_t l = strlen(t->status.message);
+        set_text(t->status.message + l, sizeof t->status.message - l,
+                 t->text.data ? t->text.data + first->text_off : "", first->text_len);
+    }
+}
+
+/* A reply in a transaction. */
+static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
+{
+    int pipelined = (e->caps.flags & MLR_CAP_PIPELINING) != 0;
+    int cls = r->code / 100;
+    switch (kind) {
+    case X_RSET:
+        if (!is_2xx(r->code)) {
+            fatal(e, MLR_ERR_PROTOCOL, cls == 4, r, 0, "RSET failed: %d %.400s", r->code, r->text);
+            return;
+        }
+        if (!pipelined)
+            send_cmds(e, t);
+        return;
+    case X_MAIL:
+        if (cls == 3) {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to MAIL FROM", r->code);
+            return;
+        }
+        if (is_2xx(r->code)) {
+            t->mail_ok = 1;
+            e->need_rset = 1;
+            if (!pipelined)
+                send_cmds(e, t);
+        } else {
+            txn_fail_reply(e, t, r);
+            if (!pipelined)
+                txn_finish(e, t);
+        }
+        return;
+    case X_RCPT: {
+        size_t i = t->replies++;
+        if (cls == 3) {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to RCPT TO", r->code);
+            return;
+        }
+        if (i < t->nrcpt)
+            rcpt_result(e, t, i, r);
+        if (i + 1 < t->nrcpt) {
+            if (!pipelined)
+                send_cmds(e, t);
+            return;
+        }
+        if (t->naccepted == 0)
+            all_rejected(t);
+        if (!pipelined) {
+            if (t->failed)
+                txn_finish(e, t);
+            else
+                send_cmds(e, t);  /* DATA */
+        }
+        return;
+    }
+    case X_DATA:
+        if (r->code == 354) {
+            if (t->failed) {  /* RFC 2920: DATA accepted with no recipient: send "." alone */
+                if (add_line(e, ".", 1, NULL) || expect(e, X_DOT, t)) {
+                    nomem(e);
+                    return;
+                }
+                t->dot_ignored = 1;
+                t->phase = P_DOT;
+                return;
+            }
+            t->phase = P_BODY;
+            mlr_dot_init(&e->dot, e->max_line);
+            e->body = t;
+            e->step_id++;
+            return;
+        }
+        if (cls == 2 || cls == 3) {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to DATA", r->code);
+            return;
+        }
+        txn_fail_reply(e, t, r);
+        txn_finish(e, t);
+        return;
+    case X_DOT:
+        if (cls == 3) {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to the final dot", r->code);
+            return;
+        }
+        if (!t->dot_ignored) {
+            e->need_rset = 0;  /* the transaction is over either way */
+            if (is_2xx(r->code)) {
+                memset(&t->status, 0, sizeof t->status);
+                t->status.code = r->code;
+                if (e->caps.flags & MLR_CAP_ENHANCED)
+                    memcpy(t->status.enhanced, r->enhanced, sizeof t->status.enhanced);
+                set_text(t->status.message, sizeof t->status.message, r->text, r->text_len);
+            } else {
+                txn_fail_reply(e, t, r);
+            }
+        }
+        txn_finish(e, t);
+        return;
+    }
+}
+
+/* Dispatch one complete reply. */
+static void on_reply(mlr_smtp *e, const mlr_reply *r)
+{
+    expect_entry *x;
+    int kind, cls = r->code / 100;
+    mlr_smtp_txn *t;
+    if (e->qlen == 0) {
+        if (r->code == 421)
+            fatal(e, MLR_ERR_SMTP, 1, r, 0, "%.480s", r->text);
+        else
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply from the server", r->code);
+        return;
+    }
+    x = &e->q[e->qhead];
+    kind = x->kind;
+    t = x->t;
+    if (--x->count == 0) {
+        e->qhead = (e->qhead + 1) % QCAP;
+        e->qlen--;
+    }
+    e->step_id++;
+    if (kind == X_QUIT) {
+        e->state = ST_CLOSED;
+        return;
+    }
+    if (r->code == 421) {  /* service closing: transient, close at once */
+        fatal(e, MLR_ERR_SMTP, 1, r, 0, "%.480s", r->text);
+        return;
+    }
+    switch (kind) {
+    case X_GREETING:
+        if (r->code == 220)
+            send_ehlo(e, "EHLO", X_EHLO, ST_EHLO);
+        else if (cls == 2 || cls == 3)
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d greeting", r->code);
+        else
+            fatal(e, MLR_ERR_SMTP, cls == 4, r, 1, "%.480s", r->text);
+        return;
+    case X_EHLO:
+        if (r->code == 250) {
+            mlr_caps_parse(&e->caps, r->text, r->text_len);
+            mlr_buf_reset(&e->ehlo);
+            if (mlr_buf_add(&e->ehlo, r->text, r->text_len))
+                nomem(e);
+            else
+                after_ehlo(e);
+        } else if (cls == 5) {
+            if (e->security == MLR_SEC_STARTTLS && !e->tls_active)
+                fatal(e, MLR_ERR_TLS, 0, r, 1,
+                      "the server refused EHLO (%d); STARTTLS is required, so no HELO fallback",
+                      r->code);
+            else
+                send_ehlo(e, "HELO", X_HELO, ST_HELO);
+        } else if (cls == 4) {
+            fatal(e, MLR_ERR_SMTP, 1, r, 1, "%.480s", r->text);
+        } else {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to EHLO", r->code);
+        }
+        return;
+    case X_HELO:
+        if (r->code == 250) {
+            memset(&e->caps, 0, sizeof e->caps);
+            mlr_buf_reset(&e->ehlo);
+            after_ehlo(e);
+        } else if (cls == 4 || cls == 5) {
+            fatal(e, MLR_ERR_SMTP, cls == 4, r, 1, "%.480s", r->text);
+        } else {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to HELO", r->code);
+        }
+        return;
+    case X_STARTTLS:
+        if (r->code == 220) {
+            e->state = ST_TLS_WAIT;
+            e->step_id++;
+        } else if ((cls == 4 || cls == 5) && e->security == MLR_SEC_STARTTLS_OPTIONAL) {
+            e->starttls_refused = 1;
+            start_auth(e);
+        } else if (cls == 4 || cls == 5) {
+            fatal(e, MLR_ERR_TLS, cls == 4, r, 1, "the server refused STARTTLS: %d %.400s",
+                  r->code, r->text);
+        } else {
+            fatal(e, MLR_ERR_TLS, 0, r, 0,
+                  "unexpected %d reply to STARTTLS (only 220 starts TLS)", r->code);
+        }
+        return;
+    case X_AUTH:
+        on_auth(e, r);
+        return;
+    case X_AUTH_CANCEL:
+        fatal(e, MLR_ERR_AUTH, 0, r, 1,
+              "authentication cancelled: the server kept sending 334 challenges or sent an "
+              "invalid one (%s)", mlr_mech_name(e->auth_mech));
+        return;
+    case X_NOOP:
+    case X_CMD_RSET:
+        memset(&e->cmd, 0, sizeof e->cmd);
+        if (is_2xx(r->code)) {
+            e->cmd.code = r->code;
+            set_text(e->cmd.message, sizeof e->cmd.message, r->text, r->text_len);
+            if (kind == X_CMD_RSET)
+                e->need_rset = 0;
+        } else {
+            status_from_reply(e, &e->cmd, r);
+        }
+        pump(e);
+        return;
+    default:
+        on_txn(e, kind, t, r);
+        if (!e->status.err)
+            pump(e);
+        return;
+    }
+}
+
+/* Trace each line of a reply as the server sent it. */
+static void trace_reply(mlr_smtp *e, const mlr_reply *r)
+{
+    char line[MLR_REPLY_MAX_LINE + 8];
+    size_t i = 0, start, n, k = 0;
+    if (!e->trace)
+        return;
+    do {
+        start = i;
+        while (i < r->text_len && r->text[i] != '\n')
+            i++;
+        n = i - start;
+        snprintf(line, 6, "%03d%c", r->code, ++k == r->nlines ? ' ' : '-');
+        memcpy(line + 4, r->text + start, n);
+        e->trace(e->trace_ud, 'S', line, n + 4);
+        i++;
+    } while (i <= r->text_len && k < r->nlines);
+}
+
+int mlr_smtp_feed(mlr_smtp *e, const uint8_t *buf, size_t len)
+{
+    mlr_reply r;
+    size_t used;
+    int rc;
+    if (e->status.err)
+        return e->status.err;
+    while (len > 0) {
+        if (e->state == ST_TLS_WAIT)
+            return fatal(e, MLR_ERR_PROTOCOL, 0, NULL, 0,
+                         "the server sent data after its 220 reply to STARTTLS, before the "
+                         "TLS handshake (response injection); aborting");
+        if (e->state == ST_CLOSED)
+            return MLR_OK;
+        rc = mlr_reply_parse(&e->rp, buf, len, &used, &r);
+        buf += used;
+        len -= used;
+        if (rc < 0)
+            return fatal(e, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_PROTOCOL, 0, NULL, 0,
+                         "%s (while waiting for %s)", e->rp.errmsg, mlr_smtp_step_name(e));
+        if (rc == 0)
+            break;
+        trace_reply(e, &r);
+        on_reply(e, &r);
+        if (e->status.err)
+            return e->status.err;
+    }
+    return MLR_OK;
+}
+
+int mlr_smtp_eof(mlr_smtp *e)
+{
+    if (e->state == ST_CLOSED)
+        return MLR_OK;
+    if (e->qlen && e->q[e->qhead].kind == X_QUIT) {
+        e->state = ST_CLOSED;
+        return MLR_OK;
+    }
+    if (e->status.err)
+        return e->status.err;
+    if (e->qlen && e->q[e->qhead].kind == X_DOT && !e->q[e->qhead].t->dot_ignored)
+        return fatal(e, MLR_ERR_NETWORK, 1, NULL, 0,
+                     "connection closed by the server before the reply to the final dot: "
+                     "outcome unknown, the message may or may not have been delivered");
+    if (mlr_reply_partial(&e->rp))
+        return fatal(e, MLR_ERR_NETWORK, 1, NULL, 0,
+                     "connection closed by the server in the middle of %s", mlr_smtp_step_name(e));
+    return fatal(e, MLR_ERR_NETWORK, 1, NULL, 0, "connection closed by the server (while %s%s)",
+                 e->qlen ? "waiting for " : "", mlr_smtp_step_name(e));
+}
+
+int mlr_smtp_tls_done(mlr_smtp *e)
+{
+    if (e->status.err)
+        return e->status.err;
+    if (e->state != ST_TLS_WAIT)
+        return MLR_ERR_STATE;
+    e->tls_active = 1;
+    e->starttls_done = 1;
+    /* RFC 3207 4.2: forget everything learnt before TLS */
+    memset(&e->caps, 0, sizeof e->caps);
+    mlr_buf_reset(&e->ehlo);
+    mlr_reply_reset(&e->rp);
+    send_ehlo(e, "EHLO", X_EHLO, ST_EHLO);
+    return e->status.err;
+}
+
+/* ---- output ---- */
+
+/* Refill the output with dot-stuffed body data, then the final dot. */
+static void fill_body(mlr_smtp *e)
+{
+    mlr_smtp_txn *t = e->body;
+    if (e->out_pos) {  /* keep the unwritten bytes at the front */
+        memmove(e->out.data, e->out.data + e->out_pos, e->out.len - e->out_pos);
+        e->out.len -= e->out_pos;
+        e->out_pos = 0;
+    }
+    while (e->body && e->out.len < BODY_BLOCK && !e->status.err) {
+        const uint8_t *p = NULL;
+        size_t n = 0, w = 0;
+        int rc = t->read(t->read_ud, &p, &n);
+        if (rc < 0) {
+            const char *why = t->read_error ? t->read_error(t->read_ud) : NULL;
+            fatal(e, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, 0, NULL, 0,
+                  "reading the message failed during DATA: %s; connection closed so that "
+                  "no partial message is delivered", why && *why ? why : "source error");
+            return;
+        }
+        if (rc == 0) {
+            uint8_t fin[MLR_DOT_FINISH_MAX];
+            size_t fl = mlr_dot_finish(&e->dot, fin);
+            if (mlr_buf_add(&e->out, fin, fl) || expect(e, X_DOT, t)) {
+                nomem(e);
+                return;
+            }
+            trace(e, 'C', ".", 1);
+            t->phase = P_DOT;
+            e->body = NULL;
+            e->step_id++;
+            pump(e);  /* with PIPELINING the next message's commands follow the dot */
+            return;
+        }
+        if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->out, MLR_DOT_BOUND(n))) {
+            nomem(e);
+            return;
+        }
+        if (mlr_dot_encode(&e->dot, p, n, (uint8_t *)e->out.data + e->out.len, &w)) {
+            fatal(e, MLR_ERR_INPUT, 0, NULL, 0,
+                  "the message has a NUL octet or a line longer than %zu octets; "
+                  "connection closed so that no partial message is delivered",
+                  e->max_line);
+            return;
+        }
+        e->out.len += w;
+        t->body_sent += n;
+        e->step_id++;
+    }
+}
+
+size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
+{
+    if (e->status.err && !e->quitting) {
+        *p = NULL;
+        return 0;
+    }
+    if (e->body && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
+        fill_body(e);
+    *p = (const uint8_t *)e->out.data + e->out_pos;
+    return e->out.len - e->out_pos;
+}
+
+void mlr_smtp_consume(mlr_smtp *e, size_t n)
+{
+    if (n > e->out.len - e->out_pos)
+        n = e->out.len - e->out_pos;
+    e->out_pos += n;
+    if (e->out_pos == e->out.len) {
+        e->out_pos = 0;
+        e->out.len = 0;
+    }
+}
+
+int mlr_smtp_want(mlr_smtp *e)
+{
+    int w = 0;
+    if (e->status.err)
+        return e->status.err;
+    if (e->out.len > e->out_pos || e->body)
+        w |= MLR_WANT_WRITE;
+    if (e->state == ST_TLS_WAIT)
+        return w ? w : MLR_WANT_TLS;
+    if (e->qlen)
+        w |= MLR_WANT_READ;
+    if (e->state == ST_CLOSED)
+        w |= MLR_WANT_DONE;
+    return w;
+}
+
+/* ---- simple commands ---- */
+
+/* Is the engine idle (ready, nothing queued or outstanding)? */
+static int idle(const mlr_smtp *e)
+{
+    return !e->status.err && e->state == ST_READY && !e->quitting && e->ntx == 0 &&
+           e->qlen == 0 && !e->body;
+}
+
+/* Send a simple command while idle. */
+static int simple(mlr_smtp *e, const char *verb, int kind)
+{
+    if (!idle(e))
+        return e->status.err ? e->status.err : MLR_ERR_STATE;
+    memset(&e->cmd, 0, sizeof e->cmd);
+    if (add_line(e, verb, strlen(verb), NULL) || expect(e, kind, NULL))
+        return nomem(e);
+    return MLR_OK;
+}
+
+int mlr_smtp_noop(mlr_smtp *e) { return simple(e, "NOOP", X_NOOP); }
+int mlr_smtp_rset(mlr_smtp *e) { return simple(e, "RSET", X_CMD_RSET); }
+
+int mlr_smtp_quit(mlr_smtp *e)
+{
+    if (e->status.err)
+        return e->status.err;
+    if (e->state == ST_CLOSED || e->quitting)
+        return MLR_OK;
+    if (e->ntx || e->body)
+        return MLR_ERR_STATE;
+    if (add_line(e, "QUIT", 4, NULL) || expect(e, X_QUIT, NULL))
+        return nomem(e);
+    e->quitting = 1;
+    return MLR_OK;
+}
+
+/* ---- accessors ---- */
+
+const mlr_smtp_status *mlr_smtp_cmd_status(const mlr_smtp *e) { return &e->cmd; }
+const mlr_smtp_status *mlr_smtp_status_get(const mlr_smtp *e) { return &e->status; }
+int mlr_smtp_ready(const mlr_smtp *e) { return e->state == ST_READY; }
+const mlr_caps *mlr_smtp_caps(const mlr_smtp *e) { return &e->caps; }
+int mlr_smtp_tls_active(const mlr_smtp *e) { return e->tls_active; }
+unsigned mlr_smtp_auth_mech(const mlr_smtp *e) { return e->state == ST_READY ? e->auth_mech : 0; }
+uint64_t mlr_smtp_step_id(const mlr_smtp *e) { return e->step_id; }
+
+const char *mlr_smtp_ehlo_text(const mlr_smtp *e, size_t *len)
+{
+    *len = e->ehlo.len;
+    return e->ehlo.data ? e->ehlo.data : "";
+}
+
+const char *mlr_smtp_step_name(const mlr_smtp *e)
+{
+    static const char *const names[] = {
+        "the greeting", "the reply to EHLO", "the reply to HELO", "the reply to STARTTLS",
+        "the reply to AUTH", "the reply to the AUTH cancellation", "the reply to RSET",
+        "the reply to MAIL FROM", "the reply to RCPT TO", "the reply to DATA",
+        "the reply to the final dot", "the reply to NOOP", "the reply to RSET",
+        "the reply to QUIT"};
+    if (e->state == ST_TLS_WAIT)
+        return "the TLS handshake";
+    if (e->body)
+        return "sending message data";
+    if (e->out.len > e->out_pos && e->qlen == 0)
+        return "sending a command";
+    if (e->qlen)
+        return names[e->q[e->qhead].kind];
+    return "nothing (idle)";
+}
