@@ -1223,6 +1223,7 @@ static void fill_body(mlr_smtp *e)
             trace(e, 'C', ".", 1);
             t->phase = P_DOT;
             e->body = NULL;
+            e->need_rset = 0;  /* the dot ends the transaction, whatever its reply */
             e->step_id++;
             pump(e);  /* with PIPELINING the next message's commands follow the dot */
             return;
