@@ -305,8 +305,9 @@ int mlr_fold_phrase(mlr_fold *f, const char *ws, size_t wslen, const char *s, si
             atoms = 0;
         }
     }
-    if (n >= 2 && s[0] == '=' && s[1] == '?')
-        atoms = 0; /* would read as an encoded word */
+    for (i = 0; i + 1 < n; i++)
+        if (s[i] == '=' && s[i + 1] == '?')
+            quotable = 0; /* would read as an encoded word: encode it */
     if (!quotable)
         return mlr_fold_words(f, ws, wslen, s, n);
     if (atoms) {

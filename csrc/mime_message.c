@@ -811,9 +811,7 @@ int mlr_msg_finish(mlr_msg *m)
             return rc;
         body = m->text;
     }
-    if (!body && m->natts == 1) {
-        body = m->atts[0];
-    } else if (m->natts) {
+    if (m->natts) {
         part **k3 = mlr_malloc(m->a, (m->natts + 1) * sizeof *k3);
         size_t nk = 0;
         if (!k3)
@@ -1004,7 +1002,7 @@ const char *mlr_render_error(const mlr_render *r) { return r->err; }
 
 static int render_fail(mlr_render *r, int code, const part *p, const char *msg)
 {
-    snprintf(r->err, sizeof r->err, "%s: %s", p->field, msg);
+    snprintf(r->err, sizeof r->err, "%.60s: %.190s", p->field, msg);
     return code;
 }
 
