@@ -10,6 +10,9 @@
 #include "codec_qp.h"
 
 #include <string.h>
+#if defined(__SSE2__) && defined(__GNUC__)
+#include <emmintrin.h>
+#endif
 
 #define QP_MAX_LINE 76 /* RFC 2045 limit, including a soft break's '=' */
 
@@ -140,85 +143,180 @@ static int qp_step(mlr_qp *s, const uint8_t *in, size_t avail, int end, uint8_t 
 }
 
 #define ONES ((uint64_t)0x0101010101010101u)
+#define LOW7 ((uint64_t)0x7F7F7F7F7F7F7F7Fu)
 #define HIGHS ((uint64_t)0x8080808080808080u)
 
-/* All 8 bytes in 32..126 and none is '='? (Per-byte borrow tricks: a
- * word-level yes/no is exact even though single lanes may misreport.) */
-static inline int plain8(uint64_t x)
+/* 8 bytes as a little-endian integer, so lane k is byte k everywhere. */
+static inline uint64_t load_le64(const uint8_t *p)
 {
-    uint64_t low = (x - ONES * 32) & ~x;            /* some byte < 32 */
-    uint64_t high = (x + ONES * 1) | x;             /* some byte >= 127 */
-    uint64_t eq = x ^ (ONES * '=');
-    uint64_t eqz = (eq - ONES) & ~eq;               /* some byte == '=' */
-    return ((low | high | eqz) & HIGHS) == 0;
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
+/* High bit set in each lane whose byte is not plain (32..126 but '=').
+ * Lanes are computed on 7 bits so no carry crosses into the next lane,
+ * which makes the mask exact per byte, not just per word. */
+static inline uint64_t nonplain(uint64_t x)
+{
+    uint64_t lo = x & LOW7;
+    uint64_t ge32 = lo + ONES * (128 - 32);
+    uint64_t ge127 = lo + ONES * (128 - 127);
+    uint64_t y = x ^ (ONES * '=');
+    uint64_t ne = ((y & LOW7) + LOW7) | y;
+    return ~(ge32 & ~ge127 & ne & ~x) & HIGHS;
+}
+
+/* Index of the lowest lane flagged in a nonzero mask. */
+static inline unsigned first_lane(uint64_t m)
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_ctzll(m) >> 3;
+#else
+    unsigned k = 0;
+    while (!(m & 0x80))
+        m >>= 8, k++;
+    return k;
+#endif
+}
+
+/* Copy plain bytes (32..126 but '=') from in to o while they last, at
+ * most lim of them; avail >= lim bytes are readable. Whole words are
+ * stored even when the run ends inside one: the bytes past it are scratch
+ * that later output overwrites, which keeps the loop short. Returns the
+ * run length. */
+static inline size_t copy_plain(const uint8_t *in, size_t lim, size_t avail, uint8_t *o)
+{
+    size_t k = 0;
+#if defined(__SSE2__) && defined(__GNUC__)
+    /* same scan 16 bytes at a time where SSE2 is baseline (x86-64) */
+    while (k + 16 <= avail) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(in + k));
+        __m128i ok = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(31)),
+                                   _mm_cmplt_epi8(v, _mm_set1_epi8(127)));
+        unsigned m;
+        size_t t;
+        ok = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('=')), ok);
+        m = ~(unsigned)_mm_movemask_epi8(ok) & 0xffffu;
+        _mm_storeu_si128((__m128i *)(void *)(o + k), v); /* past the run: scratch */
+        if (m == 0 && k + 16 <= lim) {
+            k += 16;
+            continue;
+        }
+        t = m ? (size_t)__builtin_ctz(m) : 16;
+        if (t > lim - k)
+            t = lim - k;
+        return k + t;
+    }
+#endif
+    while (k + 8 <= avail) {
+        uint64_t x = load_le64(in + k);
+        uint64_t m = nonplain(x);
+        size_t t;
+        memcpy(o + k, in + k, 8); /* bytes past the run are scratch */
+        if (m == 0 && k + 8 <= lim) {
+            k += 8;
+            continue;
+        }
+        t = m ? first_lane(m) : 8;
+        if (t > lim - k)
+            t = lim - k;
+        return k + t;
+    }
+    while (k < lim && (cls[in[k]] == QP_LIT || in[k] == ' ')) {
+        o[k] = in[k];
+        k++;
+    }
+    return k;
 }
 
 /* Encode in[0..n) as far as the visible bytes allow; returns how many
- * bytes were consumed (the rest must be offered again with more input). */
+ * bytes were consumed (the rest must be offered again with more input).
+ * Common cases are done inline; anything near the line limit, a line
+ * start '.' or 'F', or a decision needing unseen bytes goes to qp_step. */
 static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **op)
 {
     uint8_t *o = *op;
     size_t i = 0;
+    unsigned col = s->col;
+    int pend = s->pending_cr; /* a local copy: stores through o may alias s */
 
     while (i < n) {
-        unsigned col = s->col;
-        /* Mid-line with room for any 3-character token: nothing special
-         * can happen except white space lookahead and line breaks. */
-        while (col != 0 && col <= QP_MAX_LINE - 4 && i < n) {
-            unsigned c;
-            if (col <= QP_MAX_LINE - 9 && n - i > 8) {
-                uint64_t x;
-                memcpy(&x, in + i, 8);
-                if (plain8(x)) {
-                    size_t k = 8;
-                    /* a space last in the word is literal unless a break follows */
-                    if ((in[i + 7] == ' ') && (in[i + 8] == '\r' || in[i + 8] == '\n'))
-                        k = 7;
-                    memcpy(o, &x, 8);
-                    o += k;
-                    i += k;
-                    col += (unsigned)k;
-                    continue;
-                }
-            }
-            c = in[i];
-            switch (cls[c]) {
-            case QP_LIT:
-                *o++ = (uint8_t)c;
-                col++;
+        unsigned c = in[i];
+        if (pend || (col == 0 && (c == '.' || c == 'F')))
+            goto slow;
+        if (col < QP_MAX_LINE - 1) {
+            /* the last visible byte is left out of the run, so a space
+             * ending it always has a known successor, and a backed-off
+             * space's slot is always overwritten in this call */
+            size_t lim = QP_MAX_LINE - 1 - col, r;
+            if (lim > n - i - 1)
+                lim = n - i - 1;
+            r = copy_plain(in + i, lim, n - i, o);
+            /* a space ending the run is trailing if a break follows */
+            if (r > 0 && in[i + r - 1] == ' ' && (in[i + r] == '\r' || in[i + r] == '\n'))
+                r--;
+            o += r;
+            i += r;
+            col += (unsigned)r;
+            if (i >= n)
                 break;
-            case QP_ENC:
+            c = in[i];
+        }
+        switch (cls[c]) {
+        case QP_ENC:
+            if (col > QP_MAX_LINE - 4)
+                goto slow;
+            /* UTF-8 comes in sequences: stay here while they last */
+            do {
                 o = put_hex(o, c);
                 col += 3;
-                break;
-            case QP_WS:
-                if (i + 1 >= n)
-                    goto slow;
-                if (in[i + 1] == '\r' || in[i + 1] == '\n') {
-                    o = put_hex(o, c);
-                    col += 3;
-                } else {
-                    *o++ = (uint8_t)c;
-                    col++;
-                }
-                break;
-            default:
+                i++;
+            } while (i < n && col <= QP_MAX_LINE - 4 && cls[c = in[i]] == QP_ENC);
+            continue;
+        case QP_WS:
+            if (col > QP_MAX_LINE - 4 || i + 1 >= n)
                 goto slow;
+            if (in[i + 1] == '\r' || in[i + 1] == '\n') {
+                o = put_hex(o, c);
+                col += 3;
+            } else {
+                *o++ = (uint8_t)c;
+                col++;
             }
             i++;
+            continue;
+        case QP_BRK:
+            if (c == '\r') {
+                if (i + 1 >= n)
+                    goto slow; /* may be half of a CRLF split across calls */
+                if (in[i + 1] == '\n')
+                    i++;
+            }
+            o[0] = '\r';
+            o[1] = '\n';
+            o += 2;
+            col = 0;
+            i++;
+            continue;
+        default:
+            break;
         }
     slow:
-        /* the fast loop only runs mid-line, where no CR can be pending */
         s->col = col;
-        if (i >= n)
-            break;
         {
             int r = qp_step(s, in + i, n - i, end, &o);
+            col = s->col;
+            pend = s->pending_cr;
             if (r < 0)
                 break;
             i += (size_t)r;
         }
     }
+    s->col = col;
     *op = o;
     return i;
 }

@@ -23,7 +23,8 @@ typedef struct mlr_qp {
 void mlr_qp_init(mlr_qp *s);
 
 /* Largest output mlr_qp_encode can write for n input bytes (n up to
- * SIZE_MAX / 4); the encoder never stores past the count it returns. */
+ * SIZE_MAX / 4). out must have this much room: bytes past the returned
+ * count may be used as scratch (wide stores), never past the bound. */
 size_t mlr_qp_bound(size_t n);
 
 /* Encode n bytes; returns the count written to out. */

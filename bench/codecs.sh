@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# codecs.sh - body encoder throughput: ours vs LuaSocket, coreutils, Python.
+#
+#   bench/codecs.sh [BUILD_DIR]      (default build/)
+#
+# Makes bench/out/rand.bin (B64_MB MiB random, default 256) and
+# bench/out/text.txt (QP_MB MiB of mostly-ASCII text with some UTF-8 and
+# LF line ends, default 64), checks that our outputs decode back to the
+# input, then times every encoder on the same files pinned to one core
+# (CPU, default 1), best of REPS runs (default 3; LuaSocket LUA_REPS,
+# default 1, as it is slow). Everything reads the file and writes to
+# /dev/null. Needs lua5.4 + lua-socket, python3, coreutils, taskset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${1:-build}
+B64_MB=${B64_MB:-256}
+QP_MB=${QP_MB:-64}
+CPU=${CPU:-1}
+REPS=${REPS:-3}
+LUA_REPS=${LUA_REPS:-1}
+LUA=${LUA:-lua5.4}
+PY=${PY:-/usr/bin/python3}
+OUT=bench/out
+mkdir -p "$OUT"
+
+# Build: the whole tree through CMake; if someone's half-edited file
+# breaks that, build just the codecs and the bench program directly.
+BIN=$BUILD/bench_codecs
+if ! { [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" >/dev/null; } ||
+   ! cmake --build "$BUILD" --target bench_codecs -j2 >/dev/null; then
+    echo "cmake build failed; compiling the codecs directly" >&2
+    BIN=$OUT/bench_codecs
+    cc -std=c99 -O2 -D_DEFAULT_SOURCE -Icsrc -o "$BIN" \
+        csrc/codec_base64.c csrc/codec_qp.c bench/bench_codecs.c
+fi
+
+RAND=$OUT/rand.bin
+TEXT=$OUT/text.txt
+if [ ! -f "$RAND" ] || [ "$(stat -c %s "$RAND")" -ne $((B64_MB << 20)) ]; then
+    head -c $((B64_MB << 20)) /dev/urandom > "$RAND"
+fi
+if [ ! -f "$TEXT" ] || [ "$(stat -c %s "$TEXT")" -ne $((QP_MB << 20)) ]; then
+    "$PY" - "$TEXT" $((QP_MB << 20)) <<'EOF'
+import random, sys
+# Lines of 0..110 chars of words; about one word in 25 carries non-ASCII.
+path, size = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(2045)
+words = ("the of and to in is that for it as was with be by on not he this are "
+         "or his from at which but have an they you were her all she there would "
+         "their we him been has when who will more no if out so said what up its "
+         "about into than them can only other new some could time these two may "
+         "message header attachment boundary encoding delivery server = a.b").split()
+special = ["\u00fc", "\u20ac", "\u4f60", "Gr\u00fc\u00dfe", "caf\u00e9", "\u00e0 bient\u00f4t"]
+lines, total = [], 0
+while total < (8 << 20):
+    width = rnd.choice((0, 20, 40, 60, 70, 72, 74, 76, 80, 90, 110))
+    line = []
+    n = 0
+    while n < width:
+        w = rnd.choice(special) if rnd.random() < 0.04 else rnd.choice(words)
+        line.append(w)
+        n += len(w) + 1
+    s = (" ".join(line) + "\n").encode()
+    lines.append(s)
+    total += len(s)
+block = b"".join(lines)
+with open(path, "wb") as f:
+    left = size
+    while left > 0:
+        f.write(block[:left])
+        left -= min(left, len(block))
+EOF
+fi
+
+# Correctness first: our outputs must decode to the input.
+"$BIN" b64 "$RAND" "$OUT/ours.b64" >/dev/null
+"$BIN" qp "$TEXT" "$OUT/ours.qp" >/dev/null
+"$PY" - "$RAND" "$OUT/ours.b64" "$TEXT" "$OUT/ours.qp" <<'EOF'
+import base64, binascii, sys
+raw, b64, text, qp = (open(p, "rb").read() for p in sys.argv[1:5])
+assert all(len(l) <= 76 for l in b64.split(b"\r\n")), "base64 line too long"
+assert base64.b64decode(b64.replace(b"\r\n", b""), validate=True) == raw, "base64 mismatch"
+assert b"\n" not in qp.replace(b"\r\n", b""), "bare LF in QP"
+assert all(len(l) <= 76 for l in qp.split(b"\r\n")), "QP line too long"
+assert binascii.a2b_qp(qp) == text.replace(b"\n", b"\r\n"), "QP mismatch"
+print("outputs verified: base64 and QP decode back to the input")
+EOF
+rm -f "$OUT/ours.b64" "$OUT/ours.qp"
+
+cat > "$OUT/b64.lua" <<'EOF'
+local mime, ltn12 = require "mime", require "ltn12"
+ltn12.BLOCKSIZE = 65536
+local f = ltn12.filter.chain(mime.encode("base64"), mime.wrap("base64"))
+ltn12.pump.all(ltn12.source.chain(ltn12.source.file(io.open(arg[1], "rb")), f),
+               ltn12.sink.file(io.open("/dev/null", "wb")))
+EOF
+cat > "$OUT/qp.lua" <<'EOF'
+local mime, ltn12 = require "mime", require "ltn12"
+ltn12.BLOCKSIZE = 65536
+local f = ltn12.filter.chain(mime.encode("quoted-printable"), mime.wrap("quoted-printable"))
+if arg[2] == "normalize" then f = ltn12.filter.chain(mime.normalize(), f) end
+ltn12.pump.all(ltn12.source.chain(ltn12.source.file(io.open(arg[1], "rb")), f),
+               ltn12.sink.file(io.open("/dev/null", "wb")))
+EOF
+PY_B64='import base64, sys
+enc, out = base64.encodebytes, open("/dev/null", "wb")
+with open(sys.argv[1], "rb") as f:
+    while True:
+        b = f.read(57 * 1150)   # whole 76-char lines per block
+        if not b: break
+        out.write(enc(b))'
+PY_QP='import quopri, sys
+open("/dev/null", "wb").write(quopri.encodestring(open(sys.argv[1], "rb").read()))'
+
+# Best wall time in seconds of REPS runs of a command, pinned to one core.
+best() {
+    local reps=$1 b="" i t0 t1 t
+    shift
+    for ((i = 0; i < reps; i++)); do
+        t0=$(date +%s%N)
+        if ! taskset -c "$CPU" "$@" >/dev/null; then
+            echo "failed: $*" >&2
+            return 1
+        fi
+        t1=$(date +%s%N)
+        t=$((t1 - t0))
+        if [ -z "$b" ] || [ "$t" -lt "$b" ]; then b=$t; fi
+    done
+    awk -v ns="$b" 'BEGIN { printf "%.4f", ns / 1e9 }'
+}
+
+declare -a NAMES SECS MIBS
+row() { # name mib seconds (empty when the run failed)
+    [ -n "$3" ] || exit 1
+    NAMES+=("$1"); MIBS+=("$2"); SECS+=("$3")
+}
+
+echo "base64, $B64_MB MiB random, 76-char lines; QP, $QP_MB MiB text; cpu $CPU, best of $REPS"
+row "b64 ours (bench_codecs)" "$B64_MB" "$(best "$REPS" "$BIN" b64 "$RAND" /dev/null)"
+row "b64 coreutils base64 -w 76" "$B64_MB" "$(best "$REPS" sh -c 'base64 -w 76 "$1" > /dev/null' sh "$RAND")"
+row "b64 python3 base64.encodebytes" "$B64_MB" "$(best "$REPS" "$PY" -c "$PY_B64" "$RAND")"
+row "b64 LuaSocket b64+wrap (ltn12)" "$B64_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/b64.lua" "$RAND")"
+row "cat (ceiling)" "$B64_MB" "$(best "$REPS" sh -c 'cat "$1" > /dev/null' sh "$RAND")"
+row "qp ours (bench_codecs)" "$QP_MB" "$(best "$REPS" "$BIN" qp "$TEXT" /dev/null)"
+row "qp python3 quopri.encodestring" "$QP_MB" "$(best "$REPS" "$PY" -c "$PY_QP" "$TEXT")"
+row "qp LuaSocket qp+qpwrap (ltn12)" "$QP_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/qp.lua" "$TEXT")"
+row "qp LuaSocket normalize+qp+qpwrap" "$QP_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/qp.lua" "$TEXT" normalize)"
+
+# Table: MiB/s and how many times faster ours is than each peer.
+printf '\n%-34s %9s %10s %9s\n' "encoder" "seconds" "MiB/s" "ours/x"
+ours_b64=$(awk -v m="${MIBS[0]}" -v s="${SECS[0]}" 'BEGIN { print m / s }')
+ours_qp=$(awk -v m="${MIBS[5]}" -v s="${SECS[5]}" 'BEGIN { print m / s }')
+for i in "${!NAMES[@]}"; do
+    ref=$ours_b64
+    case ${NAMES[$i]} in qp*) ref=$ours_qp ;; esac
+    awk -v n="${NAMES[$i]}" -v m="${MIBS[$i]}" -v s="${SECS[$i]}" -v r="$ref" \
+        'BEGIN { v = m / s; printf "%-34s %9.3f %10.1f %8.2fx\n", n, s, v, r / v }'
+done
