@@ -1,0 +1,42 @@
+rockspec_format = "3.0"
+package = "mailer"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/mailer.git",
+}
+description = {
+  summary = "SMTP client and streaming MIME builder in C, with a Lua API",
+  detailed = [[
+mailer builds RFC 5322 / MIME messages from plain Lua tables (RFC 2047
+headers, RFC 2231 file names, multipart alternative/related/mixed,
+base64 and quoted-printable) and streams them in bounded memory.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+}
+external_dependencies = {
+  OPENSSL = {
+    header = "openssl/ssl.h",
+    library = "ssl",
+  },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["mailer"] = "lua/mailer.lua",
+    ["mailer.core"] = {
+      sources = {
+        "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/mlr_common.c",
+        "csrc/codec_base64.c", "csrc/codec_qp.c", "csrc/codec_dotstuff.c",
+        "csrc/mime_header.c", "csrc/mime_addr.c", "csrc/mime_message.c",
+        "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c",
+      },
+      defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
+      incdirs = { "csrc", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(OPENSSL_LIBDIR)" },
+      libraries = { "ssl", "crypto" },
+    },
+  },
+}

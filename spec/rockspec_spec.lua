@@ -1,0 +1,32 @@
+-- The rockspec must build every C file and install every Lua module of the
+-- tree; this keeps it from drifting as files are added.
+describe("rockspec", function()
+  local env = {}
+  local chunk = assert(loadfile("rockspec/mailer-scm-1.rockspec", "t", env))
+  chunk()
+
+  it("lists every csrc/*.c file in mailer.core", function()
+    local listed = {}
+    for _, s in ipairs(env.build.modules["mailer.core"].sources) do listed[s] = true end
+    local p = io.popen("ls csrc/*.c")
+    for f in p:lines() do assert.is_true(listed[f], f .. " is missing from the rockspec") end
+    p:close()
+  end)
+
+  it("installs every Lua module under lua/", function()
+    local mods = {}
+    for name, v in pairs(env.build.modules) do
+      if type(v) == "string" then mods[v] = name end
+    end
+    local p = io.popen("find lua -name '*.lua'")
+    for f in p:lines() do
+      local want = f:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/init$", ""):gsub("/", ".")
+      assert.equal(want, mods[f], f .. " is missing from the rockspec")
+    end
+    p:close()
+  end)
+
+  it("declares OpenSSL as an external dependency", function()
+    assert.is_table(env.external_dependencies.OPENSSL)
+  end)
+end)
