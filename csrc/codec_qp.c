@@ -239,7 +239,7 @@ static inline size_t copy_plain(const uint8_t *in, size_t lim, size_t avail, uin
  * start '.' or 'F', or a decision needing unseen bytes goes to qp_step. */
 static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **op)
 {
-    uint8_t *o = *op;
+    uint8_t *o = *op, *start = *op;
     size_t i = 0;
     unsigned col = s->col;
     int pend = s->pending_cr; /* a local copy: stores through o may alias s */
@@ -250,15 +250,11 @@ static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **
             goto slow;
         if (col < QP_MAX_LINE - 1) {
             /* the last visible byte is left out of the run, so a space
-             * ending it always has a known successor, and a backed-off
-             * space's slot is always overwritten in this call */
+             * ending it always has a known successor (see QP_BRK below) */
             size_t lim = QP_MAX_LINE - 1 - col, r;
             if (lim > n - i - 1)
                 lim = n - i - 1;
             r = copy_plain(in + i, lim, n - i, o);
-            /* a space ending the run is trailing if a break follows */
-            if (r > 0 && in[i + r - 1] == ' ' && (in[i + r] == '\r' || in[i + r] == '\n'))
-                r--;
             o += r;
             i += r;
             col += (unsigned)r;
@@ -290,6 +286,21 @@ static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **
             i++;
             continue;
         case QP_BRK:
+            /* A literal space just before a break can only come from the
+             * run above (every other path knew its successor): it is
+             * trailing after all. Encode it, or hand it to qp_step when
+             * =20 does not fit. Checked here, once per line, rather than
+             * after every run. */
+            if (o > start && o[-1] == ' ' && col > 0) {
+                if (col > QP_MAX_LINE - 2) {
+                    o--;
+                    i--;
+                    col--;
+                    goto slow;
+                }
+                o = put_hex(o - 1, ' ');
+                col += 2;
+            }
             if (c == '\r') {
                 if (i + 1 >= n)
                     goto slow; /* may be half of a CRLF split across calls */
