@@ -16,6 +16,7 @@
 
 #define QP_MAX_LINE 76 /* RFC 2045 limit, including a soft break's '=' */
 
+/* Byte classes: literal, always encoded, white space, line break. */
 enum { QP_LIT = 0, QP_ENC = 1, QP_WS = 2, QP_BRK = 3 };
 
 static const char hex[] = "0123456789ABCDEF";
@@ -67,6 +68,7 @@ static int from_at(const uint8_t *in, size_t avail, int end)
     return 1;
 }
 
+/* "=XX" with upper-case hex: RFC 2045 allows no other spelling. */
 static inline uint8_t *put_hex(uint8_t *o, unsigned c)
 {
     o[0] = '=';
