@@ -21,7 +21,7 @@ typedef struct mlr_b64 {
 void mlr_b64_init(mlr_b64 *s, unsigned line_len);
 
 /* Largest output mlr_b64_encode can write for n input bytes (no overflow
- * for n up to SIZE_MAX / 2). */
+ * for n up to SIZE_MAX / 3). */
 size_t mlr_b64_bound(size_t n, unsigned line_len);
 
 /* Encode n bytes; writes at most mlr_b64_bound(n) bytes to out and returns
