@@ -360,7 +360,7 @@ static int l_msg_part(lua_State *L)
 {
     lmsg *lm = check_builder(L);
     mlr_src src;
-    size_t fnl = 0, cidl = 0;
+    size_t fnl = 0, cidl = 0, ctl;
     const char *ct, *fname, *cid, *field;
     lsource *ls = NULL;
     int rc;
@@ -369,7 +369,9 @@ static int l_msg_part(lua_State *L)
     memset(&src, 0, sizeof src);
     src.size = -1;
     lua_getfield(L, 2, "content_type");
-    ct = luaL_checkstring(L, -1);
+    ct = luaL_checklstring(L, -1, &ctl);
+    if (strlen(ct) != ctl)
+        return mlr_fail(L, "input", "content_type contains a NUL byte", field);
     lua_getfield(L, 2, "filename");
     fname = luaL_optlstring(L, -1, NULL, &fnl);
     lua_getfield(L, 2, "cid");

@@ -142,7 +142,7 @@ local function add_part(m, spec, field, inline)
   -- mail clients strip blanks around file names; do it here so the name
   -- sent is the name shown
   local filename = spec.filename or (spec.path and basename(spec.path))
-  if filename then filename = filename:match("^%s*(.-)%s*$") end
+  if filename then filename = filename:match("^[ \t]*(.-)[ \t]*$") end
   local ct = spec.content_type or M.content_type(filename)
   return core.msg_part(m, {
     path = spec.path, data = spec.data, source = spec.source, size = spec.size,
