@@ -38,6 +38,19 @@ static const unsigned char cls[256] = {
 #undef Q
 };
 
+/* "=XX" of every byte, padded to 4 so an escape is one 4-byte store. */
+#define HX(v) ((v) < 10 ? '0' + (v) : 'A' + ((v) - 10))
+#define E1(c) {'=', (uint8_t)HX((c) >> 4), (uint8_t)HX((c) & 15), 0}
+#define E4(c) E1(c), E1((c) + 1), E1((c) + 2), E1((c) + 3)
+#define E16(c) E4(c), E4((c) + 4), E4((c) + 8), E4((c) + 12)
+#define E64(c) E16(c), E16((c) + 16), E16((c) + 32), E16((c) + 48)
+static const uint8_t esc[256][4] = {E64(0), E64(64), E64(128), E64(192)};
+#undef E64
+#undef E16
+#undef E4
+#undef E1
+#undef HX
+
 /* Start an encoder. */
 void mlr_qp_init(mlr_qp *s)
 {
@@ -270,7 +283,8 @@ static size_t qp_run(mlr_qp *s, const uint8_t *in, size_t n, int end, uint8_t **
                 goto slow;
             /* UTF-8 comes in sequences: stay here while they last */
             do {
-                o = put_hex(o, c);
+                memcpy(o, esc[c], 4); /* the 4th byte is scratch */
+                o += 3;
                 col += 3;
                 i++;
             } while (i < n && col <= QP_MAX_LINE - 4 && cls[c = in[i]] == QP_ENC);
