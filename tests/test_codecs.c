@@ -16,6 +16,8 @@
 
 /* Deterministic xorshift so failures reproduce. */
 static uint64_t rng_state = 0x9E3779B97F4A7C15u;
+
+/* Next pseudo-random value. */
 static uint64_t rnd(void)
 {
     uint64_t x = rng_state;
@@ -25,6 +27,7 @@ static uint64_t rnd(void)
     return rng_state = x;
 }
 
+/* Uniform-enough value in [0, n). */
 static size_t rnd_below(size_t n) { return n ? (size_t)(rnd() % n) : 0; }
 
 /* Growable output collector with its own failure flags. */
@@ -34,6 +37,7 @@ typedef struct sink {
     int overflow;  /* an encoder wrote past what it returned or its bound */
 } sink;
 
+/* Room for n more bytes; the tests abort on allocation failure. */
 static void sink_reserve(sink *k, size_t n)
 {
     if (k->len + n > k->cap) {
@@ -133,6 +137,7 @@ static void b64_ref(const uint8_t *in, size_t n, unsigned line_len, sink *k)
 
 /* ---- quoted-printable helpers ---- */
 
+/* Encode in pieces at the given cut points (sorted, within [0, n]). */
 static void qp_pieces(const uint8_t *in, size_t n, const size_t *cuts,
                       size_t ncuts, sink *k)
 {
@@ -167,6 +172,7 @@ static void qp_bytewise(const uint8_t *in, size_t n, sink *k)
     sink_take(k, b, mlr_qp_finish(&s, b), MLR_QP_FINISH_MAX, 0);
 }
 
+/* Append bytes (for the reference encoder). */
 static void put(sink *k, const char *p, size_t n)
 {
     sink_reserve(k, n);
@@ -238,6 +244,7 @@ static void crlf_normalize(const uint8_t *in, size_t n, sink *k)
     }
 }
 
+/* Value of an upper-case hex digit, or -1. */
 static int hexval(uint8_t c)
 {
     if (c >= '0' && c <= '9')
@@ -307,11 +314,13 @@ static const char *qp_invariants(const uint8_t *o, size_t n)
     return NULL;
 }
 
+/* Byte-identical outputs? */
 static int same(const sink *a, const sink *b)
 {
     return a->len == b->len && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
 }
 
+/* Release and zero, so a sink can be reused. */
 static void sink_free(sink *k)
 {
     free(k->data);
@@ -320,6 +329,7 @@ static void sink_free(sink *k)
 
 /* ---- the tests ---- */
 
+/* RFC 4648 section 10, wrapped and unwrapped, and decoded back. */
 static void test_b64_vectors(void)
 {
     static const struct {
@@ -350,6 +360,7 @@ static void test_b64_vectors(void)
     }
 }
 
+/* A wrapped output checked against coreutils, to pin the line format. */
 static void test_b64_known_wrapped(void)
 {
     /* bytes 0..99 through coreutils `base64 -w 76`, LF turned into CRLF */
@@ -367,6 +378,7 @@ static void test_b64_known_wrapped(void)
     sink_free(&k);
 }
 
+/* The decoder is strict about padding and alphabet, lenient on CRLF. */
 static void test_b64_decode_rejects(void)
 {
     static const char *bad[] = {"Zg=", "Zg", "Z===", "Zg==Zg==", "Zm9v!", "=Zg=", "Zm=v"};
@@ -434,6 +446,7 @@ static void b64_splits(const uint8_t *in, size_t n, unsigned line_len, const cha
     sink_free(&whole);
 }
 
+/* Sizes around the 3-byte group and the 57-byte line. */
 static void test_b64_samples(void)
 {
     static const size_t sizes[] = {0, 1, 2, 3, 4, 56, 57, 58, 113, 114, 115, 171, 1000};
@@ -451,6 +464,7 @@ static void test_b64_samples(void)
     b64_splits(buf, 300, 64, "300 bytes, 64-char lines");
 }
 
+/* Random data and cut points against the reference and the decoder. */
 static void test_b64_random(void)
 {
     int iter, ok_rt = 1, ok_ref = 1, ok_size = 1, ok_bound = 1;
@@ -555,6 +569,7 @@ static void qp_check(const uint8_t *in, size_t n, const char *name)
     sink_free(&k);
 }
 
+/* One input, whole, must give exactly want. */
 static void qp_expect_n(const char *in, size_t n, const char *want, const char *name)
 {
     sink k = {0};
@@ -565,11 +580,13 @@ static void qp_expect_n(const char *in, size_t n, const char *want, const char *
     sink_free(&k);
 }
 
+/* qp_expect_n for C strings. */
 static void qp_expect(const char *in, const char *want, const char *name)
 {
     qp_expect_n(in, strlen(in), want, name);
 }
 
+/* Hand-checked outputs for each rule of codec_qp.h. */
 static void test_qp_exact(void)
 {
     qp_expect("", "", "empty");
@@ -616,6 +633,7 @@ static size_t line_of(uint8_t *p, size_t len, char fill, const char *brk)
     return len + strlen(brk);
 }
 
+/* Tricky samples through qp_check: breaks, edges of column 76, '=', UTF-8. */
 static void test_qp_samples(void)
 {
     static const char *texts[] = {
@@ -711,6 +729,7 @@ static void random_text(uint8_t *p, size_t n, int kind)
     }
 }
 
+/* Random texts of four kinds, cut in 7 pieces, checked every way. */
 static void test_qp_random(void)
 {
     int iter, ok_ref = 1, ok_rt = 1, ok_inv = 1, ok_size = 1, ok_bound = 1;
@@ -771,6 +790,7 @@ static void test_qp_bound_worst(void)
     TAP_OK(ok, "qp: bound holds for all-encoded input in pieces of 1..9");
 }
 
+/* Runs every group; the exit code says whether any check failed. */
 int main(void)
 {
     test_b64_vectors();
