@@ -13,7 +13,7 @@
 #include "auth.h"
 #include "codec_dotstuff.h"
 
-#define BODY_BLOCK (64 * 1024)   /* refill the output up to this many octets */
+#define BODY_BLOCK (1024 * 1024)  /* refill the output up to this many octets: big writes */
 #define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
 #define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
 #define QCAP 32                  /* expected-reply ring */

@@ -1,0 +1,104 @@
+/* bench_smtp_discard.c - a minimal SMTP server that discards everything,
+ * for the large-message benchmark (smtp-sink itself tops out well below
+ * what the clients can send). One connection at a time; offers PIPELINING
+ * and SIZE; answers every command with 250 (DATA with 354, QUIT with 221)
+ * and finds the end of data with memmem. Usage: bench_smtp_discard PORT [connections] */
+#define _GNU_SOURCE   /* memmem */
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static char buf[1 << 20];
+
+static void say(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
+
+/* Serve one connection until QUIT or EOF. In DATA the end marker is
+ * found with memmem; the last 4 octets are kept across reads, and the
+ * start of the data counts as following a CRLF. */
+static void serve(int fd)
+{
+    size_t len = 0;
+    int data = 0;
+    say(fd, "220 discard ESMTP\r\n");
+    for (;;) {
+        ssize_t r;
+        for (;;) {
+            if (data) {
+                char *e = memmem(buf, len, "\r\n.\r\n", 5);
+                if (!e) {
+                    if (len > 4) {
+                        memmove(buf, buf + len - 4, 4);
+                        len = 4;
+                    }
+                    break;
+                }
+                say(fd, "250 2.0.0 discarded\r\n");
+                len -= (size_t)(e + 5 - buf);
+                memmove(buf, e + 5, len);
+                data = 0;
+            } else {
+                char *nl = memchr(buf, '\n', len);
+                size_t l;
+                if (!nl)
+                    break;
+                l = (size_t)(nl - buf) + 1;
+                if (!strncasecmp(buf, "EHLO", 4))
+                    say(fd, "250-discard\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1073741824\r\n");
+                else if (!strncasecmp(buf, "DATA", 4))
+                    say(fd, "354 go\r\n");
+                else if (!strncasecmp(buf, "QUIT", 4)) {
+                    say(fd, "221 bye\r\n");
+                    return;
+                } else
+                    say(fd, "250 ok\r\n");
+                if (!strncasecmp(buf, "DATA", 4)) {   /* the data begins after a CRLF */
+                    memmove(buf + 2, buf + l, len - l);
+                    buf[0] = '\r';
+                    buf[1] = '\n';
+                    len = len - l + 2;
+                    data = 1;
+                } else {
+                    memmove(buf, buf + l, len - l);
+                    len -= l;
+                }
+            }
+        }
+        if (len == sizeof buf)
+            len = 0;   /* an absurd command line: drop it */
+        r = read(fd, buf + len, sizeof buf - len);
+        if (r <= 0)
+            return;
+        len += (size_t)r;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1, n, i;
+    struct sockaddr_in a;
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PORT [connections]\n", argv[0]);
+        return 2;
+    }
+    n = argc > 2 ? atoi(argv[2]) : 1000000;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)atoi(argv[1]));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64)) {
+        perror("bind");
+        return 1;
+    }
+    for (i = 0; i < n; i++) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        serve(c);
+        close(c);
+    }
+    return 0;
+}

@@ -1,0 +1,232 @@
+-- Sending to a real SMTP server (python3-aiosmtpd started by the spec
+-- helpers on 127.0.0.1): plain, STARTTLS and implicit TLS with a throwaway
+-- CA, AUTH, receipts, send_many, trace and progress callbacks, and every
+-- delivered message parsed by Python's email and compared with what was
+-- rendered.
+local mailer = require "mailer"
+local servers = require "support.servers"
+local mime = require "support.mime"
+
+local function msg_table(t)
+  local m = { from = "alice@example.com", to = { "bob@example.com", "carol@example.com" },
+              subject = "Grüße über SMTP", text = "Hello\n.\nA line with a dot, and\r\nmixed\rline ends.\n" }
+  for k, v in pairs(t or {}) do m[k] = v end
+  return m
+end
+
+-- The data a server recorded must be exactly the rendered message.
+local function assert_delivered(rec, msg)
+  local raw = assert(msg:render())
+  assert.are.equal(#raw, #rec.data)
+  assert.is_true(raw == rec.data, "delivered bytes differ from the rendered message")
+  local p = mime.parse_many({ rec.data })[1]
+  assert.is_table(p)
+  return p
+end
+
+describe("smtp against aiosmtpd", function()
+  local ca
+  setup(function() ca = servers.ca() end)
+  teardown(function() servers.stop_all() end)
+
+  it("sends over plain SMTP and returns a receipt", function()
+    local s = servers.aiosmtpd {}
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none", helo = "client.test" })
+    assert.is_table(conn.capabilities)
+    assert.is_number(conn.capabilities.SIZE)
+    local msg = assert(mailer.message(msg_table()))
+    local receipt, err = conn:send(msg)
+    assert.is_nil(err)
+    assert.are.equal(250, receipt.code)
+    assert.are.same({ "bob@example.com", "carol@example.com" }, receipt.accepted)
+    assert.are.same({}, receipt.rejected)
+    assert.is_string(receipt.message)
+    conn:close()
+    local got = s:wait_messages(1, 5)
+    assert.are.equal(1, #got)
+    assert.are.equal("alice@example.com", got[1].mail_from)
+    assert.are.same({ "bob@example.com", "carol@example.com" }, got[1].rcpt_tos)
+    local p = assert_delivered(got[1], msg)
+    assert.are.equal("Grüße über SMTP", p.headers and p.headers.subject or p.subject)
+  end)
+
+  it("uses STARTTLS with a verified certificate and authenticates", function()
+    local s = servers.aiosmtpd { tls = "starttls", cert = "good", auth = { user = "u", password = "p w" },
+                                 auth_require_tls = true }
+    local lines = {}
+    local conn, err = mailer.connect { host = "localhost", port = s.port, security = "starttls",
+      username = "u", password = "p w", tls = { cafile = s.cafile or ca.cafile },
+      trace = function(dir, line) lines[#lines + 1] = dir .. ": " .. line end }
+    assert.is_nil(err)
+    assert.is_true(conn.tls)
+    local msg = assert(mailer.message(msg_table { to = "dave@example.com" }))
+    local receipt = assert(conn:send(msg))
+    assert.are.equal(250, receipt.code)
+    conn:close()
+    local got = s:wait_messages(1, 5)
+    assert_delivered(got[1], msg)
+    local trace = table.concat(lines, "\n")
+    assert.matches("C: STARTTLS", trace, 1, true)
+    assert.matches("C: AUTH %u+ <redacted>", trace)
+    assert.is_nil(trace:find("cCB3", 1, true))       -- no base64 of the password
+    assert.is_nil(trace:find("p w", 1, true))
+    local ehlos = select(2, trace:gsub("C: EHLO", ""))
+    assert.are.equal(2, ehlos)                        -- EHLO again after TLS
+  end)
+
+  for _, mech in ipairs { "plain", "login" } do
+    it("authenticates with AUTH " .. mech .. " over implicit TLS", function()
+      local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
+      local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+        username = "user", password = "secret", auth = mech, tls = { cafile = s.cafile or ca.cafile } }
+      assert.is_nil(err)
+      assert.is_truthy(conn)
+      local msg = assert(mailer.message(msg_table()))
+      assert(conn:send(msg))
+      conn:close()
+      local got = s:wait_messages(1, 5)
+      assert_delivered(got[1], msg)
+    end)
+  end
+
+  it("reports a wrong password as an auth error", function()
+    local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
+    local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+      username = "user", password = "wrong", tls = { cafile = s.cafile or ca.cafile } }
+    assert.is_nil(conn)
+    assert.are.equal("auth", err.kind)
+    assert.are.equal(535, err.code)
+    assert.is_nil(tostring(err):find("wrong", 1, true))
+  end)
+
+  it("sends many messages over one connection with send_many", function()
+    local s = servers.aiosmtpd {}
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local list, msgs = {}, {}
+    for i = 1, 5 do
+      msgs[i] = assert(mailer.message(msg_table { subject = "n" .. i, to = "r" .. i .. "@example.com" }))
+      list[i] = msgs[i]
+    end
+    list[6] = { from = "not an address", to = "x@example.com", subject = "bad", text = "x" }
+    local results = conn:send_many(list)
+    assert.are.equal(6, #results)
+    for i = 1, 5 do assert.are.equal(250, results[i].code) end
+    assert.are.equal("input", results[6].error.kind)
+    -- iterator form, reusing the connection
+    local i = 0
+    local r2 = conn:send_many(function() i = i + 1; if i <= 2 then return msgs[i] end end)
+    assert.are.equal(2, #r2)
+    conn:close()
+    local got = s:wait_messages(7, 5)
+    assert.are.equal(7, #got)
+    for k = 1, 5 do assert_delivered(got[k], msgs[k]) end
+    assert.are.equal(1, #s:connections())
+  end)
+
+  it("reports progress and honours an explicit envelope", function()
+    local s = servers.aiosmtpd {}
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local big = string.rep("0123456789abcdef", 65536)   -- 1 MiB attachment
+    local msg = assert(mailer.message(msg_table { attachments = { { data = big, filename = "big.bin" } } }))
+    local calls, last, total = 0, 0, nil
+    local receipt = assert(conn:send(msg, {
+      envelope = { from = "bounce@example.com", to = { "other@example.com" } },
+      progress = function(sent, t) calls = calls + 1; assert.is_true(sent >= last); last = sent; total = t end }))
+    assert.are.same({ "other@example.com" }, receipt.accepted)
+    assert.is_true(calls >= 2)
+    assert.are.equal(#assert(msg:render()), last)
+    if total then assert.are.equal(last, total) end
+    conn:close()
+    local got = s:wait_messages(1, 5)
+    assert.are.equal("bounce@example.com", got[1].mail_from)
+    assert.are.same({ "other@example.com" }, got[1].rcpt_tos)
+    assert_delivered(got[1], msg)
+  end)
+
+  it("uses SMTPUTF8 for non-ASCII addresses when offered", function()
+    local s = servers.aiosmtpd { smtputf8 = true }
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local msg, merr = mailer.message(msg_table { to = "jörg@exämple.com" })
+    assert(msg, tostring(merr))
+    local receipt, err = conn:send(msg)
+    assert.is_nil(err)
+    assert.are.equal(250, receipt.code)
+    conn:close()
+    local got = s:wait_messages(1, 5)
+    local opts = table.concat(got[1].mail_options or {}, " ")
+    assert.matches("SMTPUTF8", opts, 1, true)
+  end)
+
+  it("refuses a message larger than the advertised SIZE before MAIL", function()
+    local s = servers.aiosmtpd { size = 1000 }
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local msg = assert(mailer.message(msg_table { text = string.rep("x", 5000) }))
+    local r, err = conn:send(msg)
+    assert.is_nil(r)
+    assert.are.equal("smtp", err.kind)
+    assert.matches("SIZE", err.message)
+    assert.is_true(conn:noop())   -- the connection is still usable
+    conn:close()
+  end)
+
+  it("mailer.send connects, sends and quits", function()
+    local s = servers.aiosmtpd {}
+    local receipt, err = mailer.send(msg_table(), { host = s.host, port = s.port, security = "none" })
+    assert.is_nil(err)
+    assert.are.equal(250, receipt.code)
+    assert.are.equal(1, #s:wait_messages(1, 5))
+  end)
+
+  it("closes idempotently; use after close raises; __close works", function()
+    local s = servers.aiosmtpd {}
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    assert.is_true(conn:noop())
+    assert.is_true(conn:reset())
+    conn:close()
+    conn:close()
+    assert.has_error(function() conn:noop() end, "attempt to use a closed connection")
+    local chunk = load [[
+      local mailer, s = ...
+      do
+        local c <close> = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+        assert(c:noop())
+      end
+    ]]
+    chunk(mailer, s)
+    assert.matches("open", tostring(assert(mailer.connect { host = s.host, port = s.port, security = "none" })))
+  end)
+
+  it("raises errors from the trace callback after closing the connection", function()
+    local s = servers.aiosmtpd {}
+    local ok, e = pcall(mailer.connect, { host = s.host, port = s.port, security = "none",
+      trace = function(dir) if dir == "S" then error("boom from trace") end end })
+    assert.is_false(ok)
+    assert.matches("boom from trace", tostring(e))
+    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local msg = assert(mailer.message(msg_table()))
+    ok, e = pcall(conn.send, conn, msg, { progress = function() error("stop") end })
+    assert.is_false(ok)
+    assert.matches("stop", tostring(e))
+    local r, err = conn:send(msg)
+    assert.is_nil(r)
+    assert.are.equal("network", err.kind)
+    conn:close()
+  end)
+
+  it("misuse raises, bad values return input errors", function()
+    assert.has_error(function() mailer.connect("x") end)
+    assert.has_error(function() mailer.connect { host = 1 } end)
+    assert.has_error(function() mailer.connect { host = "h", bogus = true } end)
+    local c, err = mailer.connect { host = "h", security = "maybe" }
+    assert.is_nil(c)
+    assert.are.equal("input", err.kind)
+    c, err = mailer.connect { host = "h", port = 70000 }
+    assert.are.equal("input", err.kind)
+    c, err = mailer.connect { host = "h", helo = "x\r\nMAIL FROM:<a>" }
+    assert.are.equal("input", err.kind)
+    c, err = mailer.connect { host = "127.0.0.1", port = 1, security = "none", timeout = 2 }
+    assert.is_nil(c)
+    assert.are.equal("network", err.kind)
+    assert.is_true(err.temporary)
+  end)
+end)
