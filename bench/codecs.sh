@@ -7,9 +7,10 @@
 # bench/out/text.txt (QP_MB MiB of mostly-ASCII text with some UTF-8 and
 # LF line ends, default 64), checks that our outputs decode back to the
 # input, then times every encoder on the same files pinned to one core
-# (CPU, default 1), best of REPS runs (default 3; LuaSocket LUA_REPS,
-# default 1, as it is slow). Everything reads the file and writes to
-# /dev/null. Needs lua5.4 + lua-socket, python3, coreutils, taskset.
+# (CPU, default 1), best of REPS interleaved rounds (default 3; LuaSocket
+# only in the first LUA_REPS, default 1, as it is slow). Everything reads
+# the file and writes to /dev/null. Needs lua5.4 + lua-socket, python3,
+# coreutils, taskset.
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$SELF")/.."
@@ -118,42 +119,54 @@ with open(sys.argv[1], "rb") as f:
 PY_QP='import quopri, sys
 open("/dev/null", "wb").write(quopri.encodestring(open(sys.argv[1], "rb").read()))'
 
-# Best wall time in seconds of REPS runs of a command (bash's time: no
-# extra process inside the measured interval; the script itself is
-# pinned, so every command inherits the core).
-best() {
-    local reps=$1 b="" i t TIMEFORMAT=%3R
-    shift
-    for ((i = 0; i < reps; i++)); do
-        if ! t=$( { time "$@" >/dev/null 2>"$OUT/err"; } 2>&1 ); then
-            echo "failed: $*" >&2
-            cat "$OUT/err" >&2
-            return 1
-        fi
-        b=$(awk -v a="$t" -v b="$b" 'BEGIN { print (b == "" || a < b) ? a : b }')
-    done
-    echo "$b"
+# The encoders, one function each: name, MiB of input, runs wanted.
+b64_ours() { "$BIN" b64 "$RAND" /dev/null; }
+b64_coreutils() { base64 -w 76 "$RAND" >/dev/null; }
+b64_python() { "$PY" -c "$PY_B64" "$RAND"; }
+b64_luasocket() { "$LUA" "$OUT/b64.lua" "$RAND"; }
+b64_cat() { cat "$RAND" >/dev/null; }
+qp_ours() { "$BIN" qp "$TEXT" /dev/null; }
+qp_python() { "$PY" -c "$PY_QP" "$TEXT"; }
+qp_luasocket() { "$LUA" "$OUT/qp.lua" "$TEXT"; }
+qp_luasocket_norm() { "$LUA" "$OUT/qp.lua" "$TEXT" normalize; }
+FUNCS=(b64_ours b64_coreutils b64_python b64_luasocket b64_cat
+       qp_ours qp_python qp_luasocket qp_luasocket_norm)
+NAMES=("b64 ours (bench_codecs)" "b64 coreutils base64 -w 76"
+       "b64 python3 base64.encodebytes" "b64 LuaSocket b64+wrap (ltn12)"
+       "cat (ceiling)" "qp ours (bench_codecs)" "qp python3 quopri.encodestring"
+       "qp LuaSocket qp+qpwrap (ltn12)" "qp LuaSocket normalize+qp+qpwrap")
+MIBS=("$B64_MB" "$B64_MB" "$B64_MB" "$B64_MB" "$B64_MB" "$QP_MB" "$QP_MB" "$QP_MB" "$QP_MB")
+SECS=()
+
+# Wall seconds of one run (bash's time: no extra process inside the
+# interval; the script itself is pinned, so the command inherits the core).
+once() {
+    local t TIMEFORMAT=%3R
+    if ! t=$( { time "$1" >/dev/null 2>"$OUT/err"; } 2>&1 ); then
+        echo "failed: $1" >&2
+        cat "$OUT/err" >&2
+        exit 1
+    fi
+    echo "$t"
 }
 
-declare -a NAMES SECS MIBS
-row() { # name mib seconds (empty when the run failed)
-    [ -n "$3" ] || exit 1
-    NAMES+=("$1"); MIBS+=("$2"); SECS+=("$3")
-}
-
+# Rounds interleave the encoders, so a burst of load from elsewhere hits
+# one round of everyone rather than all runs of one; keep each best.
 echo "base64, $B64_MB MiB random, 76-char lines; QP, $QP_MB MiB text; cpu $CPU, best of $REPS"
-row "b64 ours (bench_codecs)" "$B64_MB" "$(best "$REPS" "$BIN" b64 "$RAND" /dev/null)"
-row "b64 coreutils base64 -w 76" "$B64_MB" "$(best "$REPS" sh -c 'base64 -w 76 "$1" > /dev/null' sh "$RAND")"
-row "b64 python3 base64.encodebytes" "$B64_MB" "$(best "$REPS" "$PY" -c "$PY_B64" "$RAND")"
-row "b64 LuaSocket b64+wrap (ltn12)" "$B64_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/b64.lua" "$RAND")"
-row "cat (ceiling)" "$B64_MB" "$(best "$REPS" sh -c 'cat "$1" > /dev/null' sh "$RAND")"
-row "qp ours (bench_codecs)" "$QP_MB" "$(best "$REPS" "$BIN" qp "$TEXT" /dev/null)"
-row "qp python3 quopri.encodestring" "$QP_MB" "$(best "$REPS" "$PY" -c "$PY_QP" "$TEXT")"
-row "qp LuaSocket qp+qpwrap (ltn12)" "$QP_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/qp.lua" "$TEXT")"
-row "qp LuaSocket normalize+qp+qpwrap" "$QP_MB" "$(best "$LUA_REPS" "$LUA" "$OUT/qp.lua" "$TEXT" normalize)"
+for ((round = 0; round < REPS; round++)); do
+    for i in "${!FUNCS[@]}"; do
+        case ${FUNCS[$i]} in *luasocket*) [ "$round" -lt "$LUA_REPS" ] || continue ;; esac
+        t=$(once "${FUNCS[$i]}")
+        SECS[$i]=$(awk -v a="$t" -v b="${SECS[$i]:-}" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    done
+done
 
 # Ours in-process (no exec, no page-cache warm-up in the interval), for reference.
-inproc() { "$BIN" "$1" "$2" /dev/null | awk '{ printf "%s", $5 }'; }
+inproc() {
+    local i
+    for ((i = 0; i < REPS; i++)); do "$BIN" "$1" "$2" /dev/null; done |
+        awk '$5 > b { b = $5 } END { printf "%s", b }'
+}
 INB=$(inproc b64 "$RAND")
 INQ=$(inproc qp "$TEXT")
 
