@@ -370,6 +370,9 @@ int mlr_fold_param(mlr_fold *f, const char *attr, const char *v, size_t n, int e
     for (i = 0; i < n && plain; i++)
         if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] >= 0x7F)
             plain = 0;
+    for (i = 0; plain && i + 1 < n; i++)
+        if (v[i] == '=' && v[i + 1] == '?')
+            plain = 0; /* would read as an encoded word: encode it */
     if ((rc = mlr_fold_add(f, "", 0, ";", 1)))
         return rc;
     mlr_buf_init(&tok, f->b->a);
