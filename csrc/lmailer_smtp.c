@@ -425,7 +425,8 @@ static int send_gc(lua_State *L)
     for (i = 0; i < NSLOT; i++) {
         if (ls->s[i].used && ls->s[i].queued && !ls->s[i].txn.done && ls->lc && ls->lc->e) {
             mlr_smtp_fail(ls->lc->e, MLR_ERR_STATE, 0, "send interrupted by an error");
-            mlr_conn_close(ls->lc->c);
+            if (ls->lc->c)
+                mlr_conn_close(ls->lc->c);
         }
         if (ls->s[i].used)
             slot_free(ls, &ls->s[i]);
@@ -960,6 +961,305 @@ static int conn_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- the engine alone, for drivers written in Lua (cosockets) ---- */
+
+#define ENGINE_MT "mailer.Engine"
+
+static lconn *check_engine(lua_State *L)
+{
+    lconn *lc = luaL_checkudata(L, 1, ENGINE_MT);
+    if (!lc->e)
+        luaL_error(L, "attempt to use a closed engine");
+    lc->L = L;
+    return lc;
+}
+
+/* Push nil, err for the engine's fatal error; 2. */
+static int engine_fail(lua_State *L, lconn *lc)
+{
+    lua_pushnil(L);
+    push_status_error(L, mlr_smtp_status_get(lc->e));
+    return 2;
+}
+
+/* Return true, or nil, err when the engine has failed (or a callback raised). */
+static int engine_ok(lua_State *L, lconn *lc)
+{
+    if (lc->cb_failed)
+        return raise_cb_error(L);
+    if (mlr_smtp_want(lc->e) < 0)
+        return engine_fail(L, lc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.smtp_engine(opts) -> engine. opts as for smtp_connect (host, port,
+ * security, helo, credentials, auth, allow_plaintext_auth, trace); the
+ * caller drives it: want / pending / consume / feed / eof / tls_done. */
+static int l_engine(lua_State *L)
+{
+    lconn *lc;
+    mlr_smtp_opts eo;
+    const char *sec;
+    int err;
+    char errmsg[200];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    memset(&eo, 0, sizeof eo);
+    sec = opt_str(L, 1, "security", NULL);
+    eo.port = (unsigned)opt_num(L, 1, "port", 587);
+    if (!sec)
+        sec = eo.port == 465 ? "tls" : "starttls";
+    eo.security = !strcmp(sec, "tls") ? MLR_SEC_TLS
+                  : !strcmp(sec, "starttls-optional") ? MLR_SEC_STARTTLS_OPTIONAL
+                  : !strcmp(sec, "none") ? MLR_SEC_NONE : MLR_SEC_STARTTLS;
+    eo.helo = opt_str(L, 1, "helo", NULL);
+    eo.host = opt_str(L, 1, "host", NULL);
+    eo.username = opt_str(L, 1, "username", &eo.username_len);
+    eo.password = opt_str(L, 1, "password", &eo.password_len);
+    eo.token = opt_str(L, 1, "token", &eo.token_len);
+    eo.allow_plaintext_auth = opt_bool(L, 1, "allow_plaintext_auth", 0);
+    lua_getfield(L, 1, "auth");
+    if (lua_istable(L, -1)) {
+        size_t i, n = lua_rawlen(L, -1);
+        for (i = 1; i <= n && eo.auth_npref < 8; i++) {
+            size_t l;
+            const char *m;
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            m = lua_tolstring(L, -1, &l);
+            if (m && mlr_mech_from_name(m, l))
+                eo.auth_pref[eo.auth_npref++] = mlr_mech_from_name(m, l);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lc = lua_newuserdatauv(L, sizeof *lc, 1);
+    memset(lc, 0, sizeof *lc);
+    luaL_getmetatable(L, ENGINE_MT);
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 0, 4);
+    lua_getfield(L, 1, "trace");
+    lc->has_trace = lua_isfunction(L, -1);
+    lua_setfield(L, -2, "trace");
+    mlr_setuv(L, -2);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_replace(L, SELF);
+    lc->L = L;
+    mlr_lua_alloc(L, &lc->alloc);
+    eo.trace = trace_cb;
+    eo.trace_ud = lc;
+    lc->e = mlr_smtp_new(&lc->alloc, &eo, &err, errmsg, sizeof errmsg);
+    if (!lc->e) {
+        if (err == MLR_ERR_NOMEM)
+            return luaL_error(L, "out of memory");
+        return mlr_fail(L, "input", errmsg, NULL);
+    }
+    new_send(L, lc);
+    uv_set(L, SELF, "send");
+    lua_settop(L, SELF);
+    return 1;
+}
+
+/* eng:want() -> read, write, tls, done (booleans) | nil, err */
+static int e_want(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    int w = mlr_smtp_want(lc->e);
+    if (w < 0)
+        return engine_fail(L, lc);
+    lua_pushboolean(L, w & MLR_WANT_READ);
+    lua_pushboolean(L, w & MLR_WANT_WRITE);
+    lua_pushboolean(L, w & MLR_WANT_TLS);
+    lua_pushboolean(L, w & MLR_WANT_DONE);
+    return 4;
+}
+
+/* eng:pending() -> string (the bytes to write; "" when none) */
+static int e_pending(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    const uint8_t *p;
+    size_t n = mlr_smtp_pending(lc->e, &p);
+    lua_pushlstring(L, n ? (const char *)p : "", n);
+    return 1;
+}
+
+/* eng:consume(n): n pending bytes were written */
+static int e_consume(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "negative count");
+    mlr_smtp_consume(lc->e, (size_t)n);
+    return 0;
+}
+
+/* eng:feed(bytes) -> true | nil, err */
+static int e_feed(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    mlr_smtp_feed(lc->e, (const uint8_t *)s, n);
+    return engine_ok(L, lc);
+}
+
+/* eng:eof() -> true | nil, err (the server closed the connection) */
+static int e_eof(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    mlr_smtp_eof(lc->e);
+    return engine_ok(L, lc);
+}
+
+/* eng:tls_done() -> true | nil, err */
+static int e_tls_done(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    int rc = mlr_smtp_tls_done(lc->e);
+    if (rc == MLR_ERR_STATE)
+        return luaL_error(L, "the engine did not ask for TLS");
+    return engine_ok(L, lc);
+}
+
+/* eng:fail(kind, message [, temporary]): record a driver failure
+ * (kind "network", "timeout", "tls"). */
+static int e_fail(lua_State *L)
+{
+    static const char *const kinds[] = {"network", "timeout", "tls", NULL};
+    static const int errs[] = {MLR_ERR_NETWORK, MLR_ERR_TIMEOUT, MLR_ERR_TLS};
+    lconn *lc = check_engine(L);
+    int k = luaL_checkoption(L, 2, NULL, kinds);
+    const char *msg = luaL_checkstring(L, 3);
+    mlr_smtp_fail(lc->e, errs[k], lua_isnoneornil(L, 4) ? k != 2 : lua_toboolean(L, 4), "%s", msg);
+    return 0;
+}
+
+/* eng:status() -> ready (boolean), step name, step id, tls active */
+static int e_status(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    lua_pushboolean(L, mlr_smtp_ready(lc->e));
+    lua_pushstring(L, mlr_smtp_step_name(lc->e));
+    lua_pushinteger(L, (lua_Integer)mlr_smtp_step_id(lc->e));
+    lua_pushboolean(L, mlr_smtp_tls_active(lc->e));
+    return 4;
+}
+
+/* eng:capabilities() -> table */
+static int e_caps(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    push_caps(L, lc);
+    return 1;
+}
+
+/* eng:queue(msg [, opts]) -> slot | nil, err: start sending a message
+ * (at most 2 at a time); poll eng:result(slot). */
+static int e_queue(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    lsend *ls;
+    int si, i, oi = lua_istable(L, 3) ? 3 : 0;
+    lua_settop(L, 3);
+    uv_get(L, SELF, "send");
+    ls = luaL_checkudata(L, -1, SEND_MT);
+    si = lua_gettop(L);
+    for (i = 0; i < NSLOT && ls->s[i].used; i++)
+        ;
+    if (i == NSLOT)
+        return luaL_error(L, "two messages are already in flight");
+    if (slot_setup(L, ls, &ls->s[i], si, 2, oi, i + 1)) {
+        slot_free(ls, &ls->s[i]);
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (mlr_smtp_send(lc->e, &ls->s[i].txn) != MLR_OK) {
+        slot_free(ls, &ls->s[i]);
+        return engine_fail(L, lc);
+    }
+    ls->s[i].queued = 1;
+    lua_pushinteger(L, i + 1);
+    return 1;
+}
+
+/* eng:result(slot) -> false (not done) | receipt | nil, err; frees the slot
+ * once done. Also returns the octets of the body sent so far and the total. */
+static int e_result(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    lsend *ls;
+    lua_Integer i = luaL_checkinteger(L, 2);
+    slot *s;
+    int n;
+    uv_get(L, SELF, "send");
+    ls = luaL_checkudata(L, -1, SEND_MT);
+    luaL_argcheck(L, i >= 1 && i <= NSLOT && ls->s[i - 1].used, 2, "no such message in flight");
+    s = &ls->s[i - 1];
+    if (!s->txn.done) {
+        lua_pushboolean(L, 0);
+        lua_pushinteger(L, (lua_Integer)s->txn.body_sent);
+        lua_pushinteger(L, (lua_Integer)s->total);
+        return 3;
+    }
+    n = push_outcome(L, s, 0);
+    slot_free(ls, s);
+    (void)lc;
+    return n;
+}
+
+/* eng:noop() / eng:rset() / eng:quit(): start the command (true), or a
+ * misuse error when not idle. */
+static int e_cmd(lua_State *L, int (*start)(mlr_smtp *))
+{
+    lconn *lc = check_engine(L);
+    int rc = start(lc->e);
+    if (rc == MLR_ERR_STATE)
+        return luaL_error(L, "engine busy");
+    if (rc)
+        return engine_fail(L, lc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int e_noop(lua_State *L) { return e_cmd(L, mlr_smtp_noop); }
+static int e_rset(lua_State *L) { return e_cmd(L, mlr_smtp_rset); }
+static int e_quit(lua_State *L) { return e_cmd(L, mlr_smtp_quit); }
+
+/* eng:cmd_result() -> true | nil, err (of the last NOOP / RSET) */
+static int e_cmd_result(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    const mlr_smtp_status *st = mlr_smtp_cmd_status(lc->e);
+    if (st->err) {
+        lua_pushnil(L);
+        push_status_error(L, st);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* __gc / eng:close(): free the engine (idempotent). */
+static int e_close(lua_State *L)
+{
+    lconn *lc = luaL_checkudata(L, 1, ENGINE_MT);
+    if (lc->e) {
+        mlr_smtp_free(lc->e);
+        lc->e = NULL;
+    }
+    return 0;
+}
+
+static const luaL_Reg engine_methods[] = {
+    {"want", e_want},       {"pending", e_pending}, {"consume", e_consume},
+    {"feed", e_feed},       {"eof", e_eof},         {"tls_done", e_tls_done},
+    {"fail", e_fail},       {"status", e_status},   {"capabilities", e_caps},
+    {"queue", e_queue},     {"result", e_result},   {"noop", e_noop},
+    {"rset", e_rset},       {"quit", e_quit},       {"cmd_result", e_cmd_result},
+    {"close", e_close},     {NULL, NULL}};
+
 static const luaL_Reg conn_methods[] = {
     {"_send", l_send},
     {"_send_many", l_send_many},
@@ -989,4 +1289,12 @@ void mlr_open_smtp(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_connect);
     lua_setfield(L, -2, "smtp_connect");
+    luaL_newmetatable(L, ENGINE_MT);
+    lua_pushcfunction(L, e_close);
+    lua_setfield(L, -2, "__gc");
+    luaL_newlib(L, engine_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_engine);
+    lua_setfield(L, -2, "smtp_engine");
 }
