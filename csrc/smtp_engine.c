@@ -1253,7 +1253,8 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
     }
     if (e->body && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
         fill_body(e);
-    *p = (const uint8_t *)e->out.data + e->out_pos;
+    /* no arithmetic on a NULL buffer: nothing was ever queued */
+    *p = e->out.data ? (const uint8_t *)e->out.data + e->out_pos : NULL;
     return e->out.len - e->out_pos;
 }
 

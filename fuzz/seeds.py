@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Write the structured seed corpora (engine, render) under fuzz/corpus/.
+The simple targets' seeds are plain files kept as they are."""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def engine(name, f0, f1, msgs, server, f2=0x5b):
+    """f0: security | auth<<2 | allow_plain<<4 | (n-1)<<5; f2 odd: one line
+    per read; msgs: (m, body)."""
+    out = bytes([f0, f1, f2, 0])
+    for m, body in msgs:
+        out += bytes([m]) + struct.pack(">H", len(body)) + body
+    put("engine", name, out + server)
+
+
+EHLO_P = b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8\r\n"
+body = b"Subject: hi\r\n\r\nline\r\n.\r\n..x\nbare\rcr\r\n"
+engine("plain_pipelined", 3, 1, [(0, body)],
+       b"220 mx ESMTP\r\n" + EHLO_P + b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n250 2.0.0 queued as X\r\n221 bye\r\n")
+engine("starttls_plain_auth", 0 | 1 << 2, 1, [(0, body)],
+       b"220 mx ESMTP\r\n250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n220 go ahead\r\n"
+       b"250-mx\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n250 PIPELINING\r\n235 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+engine("login_challenges", 3 | 3 << 2 | 1 << 4, 1, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250 AUTH LOGIN CRAM-MD5\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 ok\r\n"
+       b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+engine("cram_md5", 3 | 1 << 2 | 1 << 4, 1, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250 AUTH CRAM-MD5\r\n334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UuZXhhbXBsZS5uZXQ+\r\n235 ok\r\n"
+       b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+engine("two_messages_no_pipelining", 3 | 1 << 5, 1, [(0, body), (4, b"second\r\n")],
+       b"220 mx\r\n250-mx\r\n250 SIZE\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+engine("rejections", 3 | 1 << 5, 1, [(0x1c, body), (0, b"x")],
+       b"220 mx\r\n" + EHLO_P + b"250 ok\r\n550 5.1.1 no\r\n452 4.2.2 full\r\n554 no valid recipients\r\n"
+       b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n421 closing\r\n")
+engine("helo_fallback", 3, 1, [(0, body)],
+       b"220 mx\r\n502 no ehlo\r\n250 hi\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+engine("injection_after_starttls", 0, 1, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n220 go\r\n250-x\r\n250 AUTH PLAIN\r\n", 0x5a)
+engine("xoauth2_noop_rset", 2 | 2 << 2, 5, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250 AUTH XOAUTH2 OAUTHBEARER\r\n334 eyJzdGF0dXMiOiI0MDEifQ==\r\n535 no\r\n")
+engine("oauthbearer_ok", 2 | 2 << 2, 5, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250 AUTH OAUTHBEARER\r\n235 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n"
+       b"250 noop\r\n250 rset\r\n250 noop\r\n221 bye\r\n")
+engine("multiline_long", 3, 0, [(0, body)],
+       b"220-mx\r\n220-" + b"x" * 300 + b"\r\n220 ok\r\n250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250 SIZE 10\r\n")
