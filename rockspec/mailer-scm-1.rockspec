@@ -26,17 +26,22 @@ build = {
   type = "builtin",
   modules = {
     ["mailer"] = "lua/mailer.lua",
+    ["mailer.smtp"] = "lua/mailer/smtp.lua",
+    ["mailer.cli"] = "lua/mailer/cli.lua",
     ["mailer.core"] = {
       sources = {
         "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/mlr_common.c",
         "csrc/codec_base64.c", "csrc/codec_qp.c", "csrc/codec_dotstuff.c",
         "csrc/mime_header.c", "csrc/mime_addr.c", "csrc/mime_message.c",
-        "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c",
+        "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c", "csrc/transport.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
       incdirs = { "csrc", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(OPENSSL_LIBDIR)" },
       libraries = { "ssl", "crypto" },
     },
+  },
+  install = {
+    bin = { mailer = "bin/mailer" },
   },
 }
