@@ -13,13 +13,13 @@ describe("smtp against Postfix", function()
 
   it("delivers messages that parse like the rendered ones", function()
     local p = servers.postfix {}
-    local conn, err = mailer.connect { host = "127.0.0.1", port = p.port, security = "starttls-optional",
-                                       tls = { verify = false }, timeout = 20 }
+    local conn, err = mailer.connect { host = "127.0.0.1", port = p.port, security = "none",
+                                       timeout = 20 }
     assert.is_nil(err)
     local msgs, want = {}, {}
     for i = 1, 3 do
       msgs[i] = assert(mailer.message {
-        from = "Alice Ünal <alice@example.com>", to = "user" .. i .. "@localhost",
+        from = "Alice Ünal <alice@example.com>", to = "user" .. i .. "@" .. p.domain,
         subject = "Grüße " .. i, text = "line one\n.\nline " .. i .. "\n",
         attachments = { { data = string.rep("\0\1\2binary", 1000), filename = "bin-" .. i .. ".dat" } },
       })

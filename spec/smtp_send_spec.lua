@@ -47,7 +47,7 @@ describe("smtp against aiosmtpd", function()
     assert.are.equal("alice@example.com", got[1].mail_from)
     assert.are.same({ "bob@example.com", "carol@example.com" }, got[1].rcpt_tos)
     local p = assert_delivered(got[1], msg)
-    assert.are.equal("Grüße über SMTP", p.headers and p.headers.subject or p.subject)
+    assert.are.equal("Grüße über SMTP", p.subject)
   end)
 
   it("uses STARTTLS with a verified certificate and authenticates", function()
@@ -67,7 +67,8 @@ describe("smtp against aiosmtpd", function()
     assert_delivered(got[1], msg)
     local trace = table.concat(lines, "\n")
     assert.matches("C: STARTTLS", trace, 1, true)
-    assert.matches("C: AUTH %u+ <redacted>", trace)
+    assert.matches("C: AUTH [%u%d-]+", trace)
+    assert.matches("C: <redacted>", trace, 1, true)
     assert.is_nil(trace:find("cCB3", 1, true))       -- no base64 of the password
     assert.is_nil(trace:find("p w", 1, true))
     local ehlos = select(2, trace:gsub("C: EHLO", ""))
@@ -92,7 +93,7 @@ describe("smtp against aiosmtpd", function()
   it("reports a wrong password as an auth error", function()
     local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
     local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
-      username = "user", password = "wrong", tls = { cafile = s.cafile or ca.cafile } }
+      username = "user", password = "wrong", auth = "plain", tls = { cafile = s.cafile or ca.cafile } }
     assert.is_nil(conn)
     assert.are.equal("auth", err.kind)
     assert.are.equal(535, err.code)
@@ -120,7 +121,7 @@ describe("smtp against aiosmtpd", function()
     local got = s:wait_messages(7, 5)
     assert.are.equal(7, #got)
     for k = 1, 5 do assert_delivered(got[k], msgs[k]) end
-    assert.are.equal(1, #s:connections())
+    assert.are.equal(1, s:connections())
   end)
 
   it("reports progress and honours an explicit envelope", function()
