@@ -35,6 +35,7 @@ struct mlr_conn {
     int fd;
     SSL_CTX *ctx;
     SSL *ssl;
+    BIO_METHOD *biom;   /* our socket BIO's method, one per connection (no global state) */
     double timeout;
     char host[256];
     char servername[256];
@@ -68,6 +69,10 @@ void mlr_conn_close(mlr_conn *c)
     if (c->ssl) {
         SSL_free(c->ssl);   /* no close_notify: SMTP ends with QUIT */
         c->ssl = NULL;
+    }
+    if (c->biom) {   /* after SSL_free: the BIO used it */
+        BIO_meth_free(c->biom);
+        c->biom = NULL;
     }
     if (c->ctx) {
         SSL_CTX_free(c->ctx);
@@ -146,23 +151,22 @@ static int bio_create(BIO *b)
     return 1;
 }
 
-static BIO_METHOD *bio_method;
-
-/* The BIO method, created once (not thread-safe on first use; the Lua
- * module is loaded before threads could race here in practice). */
+/* A new method for our BIO (freed with the connection). The type index is
+ * taken once: a race between threads only wastes an index. */
 static BIO_METHOD *nosigpipe_method(void)
 {
-    if (!bio_method) {
-        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mailer-socket");
-        if (!m)
-            return NULL;
-        BIO_meth_set_write(m, bio_write);
-        BIO_meth_set_read(m, bio_read);
-        BIO_meth_set_ctrl(m, bio_ctrl);
-        BIO_meth_set_create(m, bio_create);
-        bio_method = m;
-    }
-    return bio_method;
+    static int index;
+    BIO_METHOD *m;
+    if (!index)
+        index = BIO_get_new_index();
+    m = BIO_meth_new((index > 0 ? index : 0) | BIO_TYPE_SOURCE_SINK, "mailer-socket");
+    if (!m)
+        return NULL;
+    BIO_meth_set_write(m, bio_write);
+    BIO_meth_set_read(m, bio_read);
+    BIO_meth_set_ctrl(m, bio_ctrl);
+    BIO_meth_set_create(m, bio_create);
+    return m;
 }
 
 /* ---- OpenSSL errors ---- */
@@ -276,7 +280,7 @@ static int tls_setup(mlr_conn *c, mlr_smtp_status *st)
     if (!c->ctx)
         return st_set(st, MLR_ERR_TLS, 0, "TLS was not set up for this connection");
     c->ssl = SSL_new(c->ctx);
-    if (!c->ssl || !(m = nosigpipe_method()) || !(bio = BIO_new(m)))
+    if (!c->ssl || !(c->biom = m = nosigpipe_method()) || !(bio = BIO_new(m)))
         return tls_fail(c, st, "setup");
     BIO_set_data(bio, &c->fd);
     SSL_set_bio(c->ssl, bio, bio);
