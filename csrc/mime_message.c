@@ -150,7 +150,7 @@ void mlr_msg_free(mlr_msg *m)
             mlr_free(a, m->addrs[r][i].name, m->addrs[r][i].name_len + 1);
             mlr_free(a, m->addrs[r][i].addr, m->addrs[r][i].addr_len + 1);
         }
-        mlr_free(a, m->addrs[r], 0);
+        mlr_free(a, m->addrs[r], m->naddrs[r] * sizeof *m->addrs[r]);
     }
     mlr_free(a, m->subject, m->subject_len + 1);
     if (m->date)
@@ -426,6 +426,7 @@ static int set_body(mlr_msg *m, part **slot, const char *subtype, const char *fi
     if ((rc = normalise_text(m, p, s, n)))
         return rc;
     p->src = SRC_MEM;
+    p->size = (int64_t)p->len; /* known, for a base64 body's size */
     p->enc = choose_encoding(p->data, p->len);
     snprintf(p->field, sizeof p->field, "%s", field);
     snprintf(line, sizeof line,
@@ -928,7 +929,8 @@ const char *mlr_msg_header(const mlr_msg *m, const char *name, size_t nlen, mlr_
             if (j == nlen) {
                 size_t k = i + nlen + 1;
                 mlr_buf_reset(out);
-                while (k < end && (s[k] == ' ' || s[k] == '\t'))
+                /* leading white space, a fold right after the colon included */
+                while (k < end && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r' || s[k] == '\n'))
                     k++;
                 for (; k < end; k++) {
                     if (s[k] == '\r' && k + 1 < end && s[k + 1] == '\n') {

@@ -210,6 +210,7 @@ int fz_b64_decode(const uint8_t *s, size_t n, fz_str *out)
 {
     int q[4], k = 0, done = 0;
     size_t i;
+    fz_str_add(out, "", 0); /* never NULL, even when empty */
     for (i = 0; i < n; i++) {
         uint8_t c = s[i];
         if (c == '\r' || c == '\n')
@@ -255,6 +256,7 @@ static int hexv(uint8_t c)
 int fz_qp_decode(const uint8_t *s, size_t n, fz_str *out)
 {
     size_t i;
+    fz_str_add(out, "", 0); /* never NULL, even when empty */
     for (i = 0; i < n; i++) {
         uint8_t c = s[i];
         if (c == '=') {
@@ -340,6 +342,7 @@ int fz_unstructured_decode(const uint8_t *s, size_t n, fz_str *out)
 {
     size_t i = 0;
     int prev_ew = 0;
+    fz_str_add(out, "", 0); /* never NULL, even when empty */
     while (i < n) {
         size_t ws = i, tok;
         while (i < n && (s[i] == ' ' || s[i] == '\t'))
@@ -364,6 +367,7 @@ int fz_unstructured_decode(const uint8_t *s, size_t n, fz_str *out)
 void fz_unfold(const uint8_t *s, size_t n, fz_str *out)
 {
     size_t i, start = 0;
+    fz_str_add(out, "", 0); /* never NULL, even when empty */
     for (i = 0; i + 2 < n; i++) {
         if (s[i] == '\r' && s[i + 1] == '\n' && (s[i + 2] == ' ' || s[i + 2] == '\t')) {
             fz_str_add(out, s + start, i - start);

@@ -52,3 +52,41 @@ engine("oauthbearer_ok", 2 | 2 << 2, 5, [(0, body)],
        b"250 noop\r\n250 rset\r\n250 noop\r\n221 bye\r\n")
 engine("multiline_long", 3, 0, [(0, body)],
        b"220-mx\r\n220-" + b"x" * 300 + b"\r\n220 ok\r\n250-mx\r\n250-AUTH=LOGIN PLAIN\r\n250 SIZE 10\r\n")
+
+
+def u8s(b):
+    return bytes([len(b)]) + b
+
+
+def u16s(b):
+    return struct.pack(">H", len(b)) + b
+
+
+def render(name, ops, head=0):
+    put("render", name, bytes([head]) + b"".join(ops))
+
+
+FROM = bytes([0]) + u8s("Alice Ünal <alice@example.com>".encode())
+TO = bytes([1]) + u8s(b'"Bob, B." <bob@example.com>')
+CC = bytes([2]) + u8s(b"carol@example.net") + u8s("Carol Ž".encode())
+BCC = bytes([3]) + u8s(b"hidden@example.org")
+SUBJ = bytes([4]) + u16s("Grüße 你好 =?utf-8?q?x?= and a rather long subject line that needs folding".encode())
+HDR = bytes([5]) + u8s(b"X-Campaign") + u16s("q4 ✓".encode())
+TEXT = bytes([6]) + u16s(b"Hello,\r\n.\r\nFrom here\nbare lf\rbare cr\r\n" + "ünïcode\r\n".encode())
+HTML = bytes([7]) + u16s(b"<p>hi <img src='cid:logo'></p>")
+ATT = bytes([8]) + u8s("résumé \"final\".pdf".encode()) + u16s(bytes(range(256)))
+SRC = bytes([9 + 13 * 10]) + u8s(b"big.bin") + bytes([3]) + u16s(b"chunk one\r\n") + u16s(b"") + u16s(b"--=_mlr_x\r\n")
+INL = bytes([10 + 13]) + u8s(b"logo.png") + u8s(b"<logo>") + u16s(b"\x89PNG\r\n\x1a\n")
+SENDER = bytes([11 + 13 * 2]) + u8s(b"sec@example.com")
+DATE = bytes([12 + 13 * 2]) + u8s(b"Mon, 1 Jan 2024 00:00:00 +0000")
+MSGID = bytes([12]) + u8s(b"<abc.123@example.com>")
+render("text_only", [FROM, TO, SUBJ, TEXT])
+render("everything", [FROM, TO, CC, BCC, SENDER, SUBJ, HDR, DATE, MSGID, TEXT, HTML, INL, ATT, SRC])
+render("html_inline", [FROM, TO, HTML, INL, INL])
+render("attachments_only", [FROM, TO, ATT, SRC])
+render("no_body", [FROM, BCC])
+render("failing_alloc", [FROM, TO, CC, SUBJ, TEXT, HTML, INL, ATT], head=0x80)
+render("injection_attempts", [FROM, bytes([1]) + u8s(b"bob@example.com\r\nBcc: x@y"),
+                              bytes([4]) + u16s(b"hi\r\nBcc: victim@example.com"),
+                              bytes([5]) + u8s(b"X-A:") + u16s(b"v"), bytes([5]) + u8s(b"Content-Type") + u16s(b"x/y"),
+                              TEXT])
