@@ -90,3 +90,35 @@ render("injection_attempts", [FROM, bytes([1]) + u8s(b"bob@example.com\r\nBcc: x
                               bytes([4]) + u16s(b"hi\r\nBcc: victim@example.com"),
                               bytes([5]) + u8s(b"X-A:") + u16s(b"v"), bytes([5]) + u8s(b"Content-Type") + u16s(b"x/y"),
                               TEXT])
+
+# ---- the byte-oriented targets: a first byte of options, then the data ----
+SMUG = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
+        b"\r\n.\r", b"\r\n\x00.\r\n"]
+put("reply", "ehlo", b"\x07250-mx.example greets you\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 AUTH PLAIN\r\n")
+put("reply", "enhanced", b"\x01550 5.1.1 <x@y>: unknown\r\n421 4.7.0 closing\r\n")
+put("reply", "bad_codes", b"\x03199 x\r\n600 x\r\n2500 x\r\n25 x\r\n")
+put("reply", "code_change", b"\x02250-a\r\n550 b\r\n")
+put("reply", "code_only", b"\x05250\r\n250 \r\n220-x\n220 bare lf\n")
+put("reply", "nul", b"\x04250 a\x00b\r\n")
+put("ehlo", "full", b"mx.example greets you\nPIPELINING\nSIZE 35882577\nAUTH PLAIN LOGIN CRAM-MD5\n"
+    b"AUTH=LOGIN XOAUTH2\nSTARTTLS\n8BITMIME\nsmtputf8\nDSN\nENHANCEDSTATUSCODES\nCHUNKING")
+put("ehlo", "spaces", b"x\nAUTH" + b" " * 200 + b"X\nSIZE 18446744073709551616")
+put("addr", "named", "Alice Ünal <alice@example.com>".encode())
+put("addr", "quoted", b'"Quoted, \\"Name\\"" <"x y"@[127.0.0.1]>')
+put("addr", "ambiguous", b"alice@example.org)<bob@example.org>")
+put("addr", "quoted_at", b'"xclow3n@gmail.com x"@internal.domain')
+put("addr", "utf8", "δοκιμή@παράδειγμα.δοκιμή".encode())
+put("rfc2047", "subject", b"\x00\x00" + "Grüße 你好 =?x?= and a long line of text that goes on and on beyond the fold".encode())
+put("rfc2047", "custom", b"\x00\x0aX-Campaign" + b"q4\ttab  spaces \x01ctl")
+put("rfc2047", "phrase", b"\x01" + "Alice Ünal".encode())
+put("rfc2047", "phrase_quoted", b'\x01Smith, John "JS"')
+put("rfc2047", "param2231", b"\x02" + 'résumé "final" with a long name that needs continuations.pdf'.encode())
+put("rfc2047", "param_ew", b"\x03" + "résumé.pdf".encode())
+put("rfc2047", "param_plain", b'\x02strange\\file"name.txt')
+put("base64", "binary", b"\x00\x07" + bytes(range(256)))
+put("base64", "short", b"\x01\x03ab")
+put("qp", "text", b"\x05" + "Grüße aus Köln \r\n.From here\nline  \r\n\tFrom x=y\r".encode())
+put("qp", "long", b"\x02" + b"x" * 75 + b" \r\n" + b"y" * 200)
+put("dotstuff", "lines", b"\x01line\n.\nfoo\r.\r\n\r\n.\r\nMAIL FROM:<x@y>\r\n..\r")
+for i, s in enumerate(SMUG):
+    put("dotstuff", "smuggle%d" % i, b"\x00body" + s + b"MAIL FROM:<spoof@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n")
