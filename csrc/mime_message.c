@@ -797,6 +797,8 @@ int mlr_msg_finish(mlr_msg *m)
         memcpy(k2 + 1, m->inl, m->ninl * sizeof *k2);
         body = multi(m, "related", k2, m->ninl + 1);
         mlr_free(m->a, k2, (m->ninl + 1) * sizeof *k2);
+        if (!body) /* never fall back to a structure without the parts */
+            return MLR_ERR_NOMEM;
     } else {
         body = m->html;
     }
@@ -804,6 +806,8 @@ int mlr_msg_finish(mlr_msg *m)
         kids[0] = m->text;
         kids[1] = body;
         body = multi(m, "alternative", kids, 2);
+        if (!body)
+            return MLR_ERR_NOMEM;
     } else if (m->text) {
         body = m->text;
     }
