@@ -90,6 +90,24 @@ describe("smtp against aiosmtpd", function()
     end)
   end
 
+  for _, mech in ipairs { "xoauth2", "oauthbearer" } do
+    it("authenticates with AUTH " .. mech .. " and a token function", function()
+      local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "tok123" } }
+      local calls, lines = 0, {}
+      local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+        username = "user", token = function() calls = calls + 1; return "tok123" end, auth = mech,
+        tls = { cafile = s.cafile or ca.cafile },
+        trace = function(dir, line) lines[#lines + 1] = line end }
+      assert.is_nil(err)
+      assert.are.equal(1, calls)
+      assert(conn:send(assert(mailer.message(msg_table()))))
+      conn:close()
+      local got = s:wait_messages(1, 5)
+      assert.are.equal(mech:upper(), got[1].auth_mechanism)
+      assert.is_nil(table.concat(lines, "\n"):find("tok123", 1, true))
+    end)
+  end
+
   it("reports a wrong password as an auth error", function()
     local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
     local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
