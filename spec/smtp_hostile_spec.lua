@@ -245,6 +245,23 @@ describe("smtp against hostile servers", function()
       end)
     end
 
+    it("reports 421 at STARTTLS and at AUTH as temporary failures", function()
+      local h = servers.hostile(script("250-mx\r\n250 STARTTLS\r\n", { expect = "STARTTLS" },
+                                       { send = "421 4.3.2 shutting down\r\n" }, { read_all = true }))
+      local c, err = connect(h, { security = "starttls" })
+      assert.is_nil(c)
+      assert.are.equal(421, err.code)
+      assert.is_true(err.temporary)
+      h = servers.hostile(script("250-mx\r\n250 AUTH PLAIN\r\n", { expect = "AUTH" },
+                                 { send = "421 4.3.2 shutting down\r\n" }, { read_all = true }))
+      c, err = connect(h, { username = "u", password = "p", allow_plaintext_auth = true })
+      assert.is_nil(c)
+      assert.are.equal(421, err.code)
+      assert.is_true(err.temporary)
+      h:wait(5)
+      assert.is_nil(h:received():find("QUIT", 1, true))   -- 421: close at once
+    end)
+
     local nopipe = "250-mx\r\n250 8BITMIME\r\n"
     for _, case in ipairs {
       { "MAIL", { { expect = "MAIL" }, { send = "421 busy\r\n" } } },
