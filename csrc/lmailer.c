@@ -484,8 +484,10 @@ static int chunks_next(lua_State *L)
     size_t size = (size_t)lua_tointeger(L, lua_upvalueindex(3));
     luaL_Buffer b;
     size_t have = 0;
-    if (lr->done || !lr->r || !lm->m)
+    if (lr->done || !lr->r)
         return 0;
+    if (!lm->m) /* closed mid-iteration: an error, not a silently short message */
+        return luaL_error(L, "attempt to use a closed message");
     lm->L = L;
     luaL_buffinit(L, &b);
     while (have < size) {

@@ -958,6 +958,7 @@ const char *mlr_msg_header(const mlr_msg *m, const char *name, size_t nlen, mlr_
 
 struct mlr_render {
     mlr_msg *m;
+    mlr_alloc a;            /* a copy: freeing never touches m, which may be gone */
     size_t op;
     int open;               /* current body op started */
     FILE *fp;
@@ -982,6 +983,7 @@ mlr_render *mlr_render_new(mlr_msg *m)
         return NULL;
     memset(r, 0, sizeof *r);
     r->m = m;
+    r->a = *m->a;
     r->out_cap = mlr_b64_bound(IN_BLOCK, 76);
     if (mlr_qp_bound(IN_BLOCK) > r->out_cap)
         r->out_cap = mlr_qp_bound(IN_BLOCK);
@@ -996,12 +998,14 @@ mlr_render *mlr_render_new(mlr_msg *m)
 
 void mlr_render_free(mlr_render *r)
 {
+    mlr_alloc a;
     if (!r)
         return;
     if (r->fp)
         fclose(r->fp);
-    mlr_free(r->m->a, r->out, r->out_cap);
-    mlr_free(r->m->a, r, sizeof *r);
+    a = r->a;
+    mlr_free(&a, r->out, r->out_cap);
+    mlr_free(&a, r, sizeof *r);
 }
 
 const char *mlr_render_error(const mlr_render *r) { return r->err; }

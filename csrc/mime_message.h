@@ -105,6 +105,7 @@ mlr_render *mlr_render_new(mlr_msg *m);
  * end, negative mlr_err on failure (text from mlr_render_error). */
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n);
 const char *mlr_render_error(const mlr_render *r);
+/* Free a rendering; safe after its message was freed (it only frees its own). */
 void mlr_render_free(mlr_render *r);
 
 #endif

@@ -1,0 +1,306 @@
+-- Abuse of the Lua API: closed and collected objects, callbacks that raise,
+-- yield or return junk, re-entrancy. Run under the ASan build by
+-- scripts/test too, where a use-after-free or a leak fails the run.
+local mailer = require "mailer"
+local core = require "mailer.core"
+local servers = require "support.servers"
+
+local function base(t)
+  local m = { from = "alice@example.com", to = "bob@example.com", subject = "s", text = "body",
+              date = "Mon, 1 Jan 2024 00:00:00 +0000", message_id = "<x@example.com>" }
+  for k, v in pairs(t or {}) do m[k] = v end
+  return m
+end
+
+local function msg(t) return assert(mailer.message(base(t))) end
+
+local function with_source(fn) return msg { attachments = { { filename = "x.bin", source = fn } } } end
+
+local function close(obj) getmetatable(obj).__close(obj) end
+
+describe("a closed message", function()
+  it("can be closed twice and collected after", function()
+    local m = msg()
+    close(m)
+    close(m)
+    assert.matches("closed", tostring(m))
+    m = nil
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("is closed at the end of a <close> scope, then collected", function()
+    do
+      local m <close> = msg()
+      assert.truthy(m:render())
+    end
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("raises a clear error on every method", function()
+    local m = msg()
+    close(m)
+    for _, method in ipairs { "render", "chunks", "envelope", "size" } do
+      assert.has_error(function() m[method](m) end, "attempt to use a closed message")
+    end
+    assert.has_error(function() m:header("Subject") end, "attempt to use a closed message")
+  end)
+
+  it("leaves an earlier rendering safe to collect (no use after free)", function()
+    local m = msg { attachments = { { data = ("x"):rep(100000), filename = "big.bin" } } }
+    assert.truthy(m:render())
+    close(m)
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("makes its chunks iterator raise rather than end early", function()
+    local m = msg { attachments = { { data = ("x"):rep(10000), filename = "big.bin" } } }
+    local it = m:chunks(100)
+    assert.truthy(it())
+    close(m)
+    assert.has_error(function() it() end, "attempt to use a closed message")
+    it = nil
+    collectgarbage()
+  end)
+end)
+
+describe("a message collected mid-chunks", function()
+  it("is kept alive by its iterator, which gives the whole message", function()
+    local m = msg { attachments = { { data = ("y"):rep(5000), filename = "y.bin" } } }
+    local full = m:render()
+    local it = m:chunks(7)
+    local parts = { it() }
+    m = nil
+    collectgarbage()
+    collectgarbage()
+    for c in it do parts[#parts + 1] = c end
+    assert.are.equal(full, table.concat(parts))
+  end)
+
+  it("frees everything when the iterator is dropped half way", function()
+    local it = msg { attachments = { { data = ("z"):rep(5000), filename = "z.bin" } } }:chunks(10)
+    it()
+    it = nil
+    collectgarbage()
+    collectgarbage()
+  end)
+end)
+
+describe("a source that misbehaves", function()
+  it("raising an error: render returns nil, err with the error's text", function()
+    local m = with_source(function() error("disk on fire") end)
+    local s, err = m:render()
+    assert.is_nil(s)
+    assert.is_true(core.is_error(err))
+    assert.matches("disk on fire", err.message)
+  end)
+
+  it("raising an error: chunks raises an error object", function()
+    local m = with_source(function() error("disk on fire") end)
+    local ok, err = pcall(function() for _ in m:chunks() do end end)
+    assert.is_false(ok)
+    assert.is_true(core.is_error(err))
+    assert.matches("disk on fire", err.message)
+  end)
+
+  it("raising a non-string error value", function()
+    local m = with_source(function() error({ code = 42 }) end)
+    local s, err = m:render()
+    assert.is_nil(s)
+    assert.is_true(core.is_error(err))
+    local m2 = with_source(function() error(setmetatable({}, { __tostring = function() return "custom" end })) end)
+    s, err = m2:render()
+    assert.is_nil(s)
+    assert.matches("custom", err.message)
+  end)
+
+  for _, v in ipairs { { 42, "number" }, { {}, "table" }, { true, "boolean" }, { false, "boolean" },
+                       { print, "function" } } do
+    it("returning a " .. v[2] .. " gives nil, err", function()
+      local m = with_source(function() return v[1] end)
+      local s, err = m:render()
+      assert.is_nil(s)
+      assert.is_true(core.is_error(err))
+      assert.matches(v[2], err.message)
+    end)
+  end
+
+  it("returning nil and a message reports the message", function()
+    local s, err = with_source(function() return nil, "gone away" end):render()
+    assert.is_nil(s)
+    assert.matches("gone away", err.message)
+  end)
+
+  it("returning many empty strings, then data, then nil", function()
+    local n = 0
+    local m = with_source(function()
+      n = n + 1
+      if n < 1000 then return "" end
+      if n == 1000 then return "data" end
+      return nil
+    end)
+    assert.truthy(m:render())
+  end)
+
+  it("yielding inside a coroutine: nil, err, and the coroutine is not broken", function()
+    local m = with_source(function() coroutine.yield("sneaky") return nil end)
+    local co = coroutine.create(function() return m:render() end)
+    local ok, s, err = coroutine.resume(co)
+    assert.is_true(ok)
+    assert.is_nil(s)
+    assert.is_true(core.is_error(err))
+    assert.matches("yield", err.message)
+    assert.are.equal("dead", coroutine.status(co))
+  end)
+
+  it("yielding outside any coroutine: nil, err", function()
+    local s, err = with_source(function() coroutine.yield() end):render()
+    assert.is_nil(s)
+    assert.matches("yield", err.message)
+  end)
+
+  it("closing its own message while it renders", function()
+    -- A source that closes the message being rendered frees it under the
+    -- renderer's feet (heap-use-after-free in lsource_read / mlr_render_next,
+    -- see the issue 5 report). Until the binding refuses that, the spec
+    -- stays pending so that the ASan run does not abort.
+    pending("binding: close() of a message from inside its own source is a use after free")
+  end)
+end)
+
+describe("connections", function()
+  local s
+  setup(function() s = servers.aiosmtpd {} end)
+  teardown(function() servers.stop_all() end)
+
+  local function connect()
+    return assert(mailer.connect { host = s.host, port = s.port, security = "none", timeout = 10,
+                                   helo = "client.test" })
+  end
+
+  local function count() return #s:messages() end
+
+  it("close twice is harmless, __gc after close too", function()
+    local c = connect()
+    assert.is_true(c:close())
+    assert.is_true(c:close())
+    close(c)
+    c = nil
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("raises a clear error when used after close", function()
+    local c = connect()
+    c:close()
+    assert.has_error(function() c:send(msg()) end, "attempt to use a closed connection")
+    assert.has_error(function() c:noop() end, "attempt to use a closed connection")
+    assert.has_error(function() c:reset() end, "attempt to use a closed connection")
+  end)
+
+  it("collected without close frees everything", function()
+    local c = connect()
+    assert.truthy(c:noop())
+    c = nil
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  for _, case in ipairs {
+    { "source", function(m) return { attachments = { { filename = "a", source = m } } } end, nil },
+    { "progress", nil, function(f) return { progress = f } end },
+    { "trace", nil, nil },
+  } do
+    it("an error raised in the " .. case[1] .. " callback reaches the caller and delivers nothing", function()
+      local before = count()
+      local boom = function() error("callback exploded") end
+      local c, armed = nil, false
+      if case[1] == "trace" then
+        -- armed once connected: an error while connecting is simply raised by connect
+        c = assert(mailer.connect { host = s.host, port = s.port, security = "none", timeout = 10,
+                                    trace = function(dir) if armed and dir == "C" then boom() end end })
+        armed = true
+      else
+        c = connect()
+      end
+      local t = case[2] and base(case[2](boom)) or base { attachments = { { data = ("d"):rep(200000), filename = "d" } } }
+      local opts = case[3] and case[3](boom) or nil
+      local ok, r, err = pcall(c.send, c, t, opts)
+      assert.is_true(not ok or r == nil)
+      local e = ok and err or r
+      assert.matches("callback exploded", tostring(e))
+      -- the connection is unusable (closed), never half way through DATA
+      local ok2, r2 = pcall(c.noop, c)
+      assert.is_true(not ok2 or r2 == nil)
+      c:close()
+      c = nil
+      collectgarbage()
+      if case[1] ~= "trace" then
+        local after = s:wait_messages(before, 1)
+        assert.are.equal(before, #after)
+      end
+    end)
+  end
+
+  it("an error raised in the trace callback during send delivers nothing", function()
+    -- Observed: the message is delivered and the error raised afterwards, so
+    -- a caller that retries sends it twice (see the issue 5 report).
+    pending("binding: a trace callback error does not stop the send")
+  end)
+
+  it("a source that yields inside a coroutine fails the send, nothing delivered", function()
+    local before = count()
+    local c = connect()
+    local co = coroutine.create(function()
+      return c:send(base { attachments = { { filename = "a", source = function() coroutine.yield() end } } })
+    end)
+    local ok, r, err = coroutine.resume(co)
+    assert.is_true(ok or type(r) ~= "nil")
+    if ok then
+      assert.is_nil(r)
+      assert.matches("yield", tostring(err))
+    end
+    c:close()
+    assert.are.equal(before, #s:wait_messages(before, 1))
+  end)
+
+  it("is not collected while a send is in progress, even with every reference dropped", function()
+    local before = count()
+    local c = connect()
+    local ref = setmetatable({ c }, { __mode = "v" })
+    local n = 0
+    local m = base { attachments = { { filename = "a", source = function()
+      n = n + 1
+      if n == 1 then
+        c = nil
+        collectgarbage()
+        collectgarbage()
+        return ("chunk"):rep(1000)
+      end
+      return nil
+    end } } }
+    local r, err = ref[1]:send(m)
+    assert.truthy(r, tostring(err))
+    assert.are.equal(before + 1, #s:wait_messages(before + 1, 5))
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("a connection collected right after a failed send frees everything", function()
+    local c = connect()
+    pcall(c.send, c, base { attachments = { { filename = "a", source = function() error("x") end } } })
+    c = nil
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("closing the connection from inside its own callbacks", function()
+    -- conn:close() from a source or progress callback frees the engine and
+    -- socket while l_send is still driving them (heap-use-after-free in
+    -- fill_body / mlr_conn_drive, see the issue 5 report); pending until the
+    -- binding refuses or defers it.
+    pending("binding: conn:close() from inside send's callbacks is a use after free")
+  end)
+end)
