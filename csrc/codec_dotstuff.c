@@ -7,7 +7,6 @@
 #include "mlr_common.h"
 
 /* Octets that need a decision: CR, LF, NUL, and '.' (only at line start). */
-static const uint8_t special[256] = {['\0'] = 1, ['\r'] = 1, ['\n'] = 1, ['.'] = 1};
 
 void mlr_dot_init(mlr_dot *s, size_t max_line)
 {
@@ -15,6 +14,27 @@ void mlr_dot_init(mlr_dot *s, size_t max_line)
     s->max_line = max_line;
     s->cr = 0;
     s->err = 0;
+}
+
+/* Length of the leading run of p holding no CR, LF or NUL: eight octets
+ * at a time (a zero-byte test on the word XORed with each of them), then
+ * octet by octet. Bulk data such as base64 lines is mostly such runs. */
+static size_t plain_run(const uint8_t *p, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    while (n - i >= 8) {
+        uint64_t v, a, b;
+        memcpy(&v, p + i, 8);
+        a = v ^ (ones * '\n');
+        b = v ^ (ones * '\r');
+        if ((((v - ones) & ~v) | ((a - ones) & ~a) | ((b - ones) & ~b)) & highs)
+            break;
+        i += 8;
+    }
+    while (i < n && p[i] != '\r' && p[i] != '\n' && p[i] != '\0')
+        i++;
+    return i;
 }
 
 int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
@@ -36,6 +56,13 @@ int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
                 i++;
                 continue;
             }
+        }
+        if (c == '\r' && i + 1 < n && in[i + 1] == '\n') { /* CRLF: the common case */
+            out[o++] = '\r';
+            out[o++] = '\n';
+            s->col = 0;
+            i += 2;
+            continue;
         }
         if (c == '\r') {
             s->cr = 1;
@@ -60,8 +87,7 @@ int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
         }
         /* copy a run of ordinary octets (dots inside a line included) */
         start = i++;
-        while (i < n && (!special[in[i]] || in[i] == '.'))
-            i++;
+        i += plain_run(in + i, n - i);
         run = i - start;
         memcpy(out + o, in + start, run);
         o += run;
