@@ -200,6 +200,27 @@ describe("support.servers", function()
       assert.equal(2, s:connections())
     end)
 
+    it("accepts DSN parameters when DSN is among the extensions", function()
+      local s = servers.aiosmtpd{ extensions = { "PIPELINING", "DSN" }, size = 1000 }
+      local c = connect(s.host, s.port)
+      c:reply()
+      local _, caps = c:ehlo()
+      assert.equal("", caps.DSN)
+      assert.equal("1000", caps.SIZE)
+      assert.equal(552, (c:cmd("MAIL FROM:<a@example.org> SIZE=1001")))
+      assert.equal(250, (c:cmd("MAIL FROM:<a@example.org> RET=HDRS ENVID=e1")))
+      assert.equal(250, (c:cmd("RCPT TO:<b@example.org> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@example.org")))
+      assert.equal(250, (c:cmd("RCPT TO:<c@example.org>")))
+      assert.equal(354, (c:cmd("DATA")))
+      c:send("x\r\n.\r\n")
+      assert.equal(250, (c:reply()))
+      c:close()
+      local m = s:wait_messages(1, 5)[1]
+      assert.same({ "RET=HDRS", "ENVID=E1" }, m.mail_options)   -- aiosmtpd upper-cases them
+      assert.same({ "NOTIFY=FAILURE,DELAY", "ORCPT=RFC822;B@EXAMPLE.ORG" }, m.rcpts[1].options)
+      assert.same({}, m.rcpts[2].options)
+    end)
+
     it("does STARTTLS with the CA verified, then AUTH PLAIN", function()
       local s = servers.aiosmtpd{ tls = "starttls", require_starttls = true,
                                   auth = { user = "u", password = "p\195\169" } }
@@ -423,6 +444,8 @@ describe("support.servers", function()
       assert.matches("Delivered%-To: alice@test%.example\n", m)
       assert.matches("\nSubject: via postfix\n\nH\195\164llo\n%.dot\n$", m)
       assert.equal("alice@test.example", p:deliveries()[1].recipient)
+      assert.matches("\r\nSubject: via postfix\r\n\r\nH\195\164llo\r\n%.dot\r\n$",
+                     p:messages{ crlf = true }[1])
       p:stop()
       assert.is_nil(socket.connect(p.host, p.port))
     end)

@@ -29,10 +29,12 @@ Steps:
                                         ends the script quietly if the client
                                         goes away or stops reading
   {"read_all": true}                    read until the client closes
-  {"close": true | "reset" | "now"}     true: FIN, then record what the client
-                                        still sends (up to linger s); "reset":
-                                        abortive close (RST); "now": close
-                                        without draining. Ends this connection.
+  {"close": true | "reset" | "now"}     true: FIN (over TLS without a
+                                        close_notify), then record what the
+                                        client still sends (up to linger s);
+                                        "reset": abortive close (RST); "now":
+                                        close without draining. Ends this
+                                        connection.
 Any step may carry "timeout" (seconds) to override the default.
 
 After the last step the server half-closes and records until the client
@@ -43,7 +45,6 @@ status.json is written when everything is done:
 Prints "READY <port>" once listening.
 """
 import argparse
-import errno
 import json
 import os
 import socket
@@ -97,7 +98,7 @@ class Conn:
             raise StepFailed("timeout")
         except ssl.SSLError as e:
             raise StepFailed("tls read error: %s" % e)
-        except (ConnectionResetError, BrokenPipeError) as e:
+        except OSError as e:  # reset, broken pipe...: the client is gone
             self.event("read: %s" % e)
             data = b""
         if not data:
@@ -113,7 +114,7 @@ class Conn:
             self.sock.sendall(data)
         except socket.timeout:
             raise ClientGone("client stopped reading")
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError) as e:
+        except OSError as e:  # EPIPE, ECONNRESET, TLS errors
             raise ClientGone("client went away: %s" % e)
 
     def read_line(self, deadline):

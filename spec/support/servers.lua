@@ -291,29 +291,43 @@ local function kill_group(pid, sig)
   sh(string.format("kill -%s -- -%d 2>/dev/null; kill -%s %d 2>/dev/null; true", sig, pid, sig, pid))
 end
 
--- Stop the given servers: TERM to every group at once, then wait, then KILL.
+-- Is anything left of the process group led by pid (the leader or the
+-- daemons it started, e.g. Postfix's master)? Zombies do not count.
+local function group_alive(pid)
+  if alive(pid) then return true end
+  for member in sh_read("pgrep -g " .. pid .. " 2>/dev/null"):gmatch("%d+") do
+    if alive(member) then return true end
+  end
+  return false
+end
+
+-- Stop the given servers: TERM to every group at once, wait until the
+-- groups are gone (so their ports are closed), KILL what is left.
 local function stop_servers(list)
   local pending = {}
   for _, s in ipairs(list) do
     if not s.stopped then
       s.stopped = true
       S.live[s] = nil
-      if alive(s.pid) then
-        kill_group(s.pid, "TERM")
-        pending[#pending + 1] = s
+      kill_group(s.pid, "TERM")
+      pending[#pending + 1] = s
+    end
+  end
+  local function wait(seconds)
+    local deadline = now() + seconds
+    while #pending > 0 do
+      local still = {}
+      for _, s in ipairs(pending) do
+        if group_alive(s.pid) then still[#still + 1] = s end
       end
+      pending = still
+      if #pending == 0 or now() > deadline then return end
+      sleep(0.02)
     end
   end
-  local deadline = now() + 5
-  while #pending > 0 and now() < deadline do
-    local still = {}
-    for _, s in ipairs(pending) do
-      if alive(s.pid) then still[#still + 1] = s end
-    end
-    pending = still
-    if #pending > 0 then sleep(0.02) end
-  end
+  wait(5)
   for _, s in ipairs(pending) do kill_group(s.pid, "KILL") end
+  wait(2)
 end
 
 -- Stop this server (and everything it started). Idempotent.
@@ -336,8 +350,10 @@ local function spawn(kind, script, config, opts)
   config.parent_pid = lua_pid()
   config.dir = config.dir or dir
   writefile(dir .. "/config.json", encode(config))
-  local cmd = string.format("cd %s && %s %s --config config.json >stdout 2>stderr </dev/null & echo $!",
-                            shquote(dir), M.python, shquote(SUPPORT .. "/" .. script))
+  -- a plain command in the background, so that $! is the peer itself
+  local cmd = string.format("%s %s --config %s >%s 2>%s </dev/null & echo $!",
+                            M.python, shquote(SUPPORT .. "/" .. script), shquote(dir .. "/config.json"),
+                            shquote(dir .. "/stdout"), shquote(dir .. "/stderr"))
   local pid = tonumber((sh_read(cmd):match("%d+")))
   assert(pid, "could not start " .. script)
   local self = setmetatable({ kind = kind, dir = dir, pid = pid, host = M.host }, Server)
@@ -621,18 +637,24 @@ function Postfix:deliveries()
   return out
 end
 
--- Raw bytes of each delivered Maildir file, in delivery order (Postfix
--- stores LF line ends and prepends Return-Path, Delivered-To, Received).
-function Postfix:messages()
+-- Raw bytes of each delivered Maildir file, in delivery order. Postfix
+-- stores LF line ends (Maildir convention) and prepends Return-Path,
+-- X-Original-To, Delivered-To and Received; with opts.crlf every LF is
+-- turned back into CRLF, as the message was on the wire.
+function Postfix:messages(opts)
   local out = {}
-  for i, d in ipairs(self:deliveries()) do out[i] = d.data end
+  for i, d in ipairs(self:deliveries()) do
+    out[i] = (opts and opts.crlf) and d.data:gsub("\r?\n", "\r\n") or d.data
+  end
   return out
 end
 
-function Postfix:wait_messages(n, timeout)
+-- Wait until at least n messages are delivered (opts as for messages());
+-- returns the list, plus an error string when the timeout passed first.
+function Postfix:wait_messages(n, timeout, opts)
   local deadline = now() + (timeout or 10)
   while true do
-    local msgs = self:messages()
+    local msgs = self:messages(opts)
     if #msgs >= n then return msgs end
     if now() > deadline or not self:alive() then
       return msgs, string.format("%d of %d messages delivered; maillog:\n%s", #msgs, n,

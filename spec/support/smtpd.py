@@ -352,10 +352,16 @@ def parse_args():
     ap.add_argument("--record")
     ap.add_argument("--connections")
     a = ap.parse_args()
+    def transport(value):
+        # command-line text -> the Latin-1 byte transport of config strings
+        if value is None:
+            return None
+        return os.fsencode(value).decode("latin-1")
+
     cfg = {"host": a.host, "port": a.port, "tls": a.tls,
            "require_starttls": a.require_starttls, "cert": a.cert,
-           "certdir": a.certdir, "auth_user": a.auth_user,
-           "auth_password": a.auth_password,
+           "certdir": a.certdir, "auth_user": transport(a.auth_user),
+           "auth_password": transport(a.auth_password),
            "auth_require_tls": not a.allow_plaintext_auth,
            "smtputf8": a.smtputf8, "size": a.size, "record": a.record,
            "connections": a.connections}
