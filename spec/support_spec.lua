@@ -56,10 +56,12 @@ end
 -- TLS handshake on the connection, verifying the peer with cafile.
 -- diagnose: finish the handshake even when verification fails, then report
 -- OpenSSL's reasons (e.g. "certificate has expired") and give up.
-function Client:tls(cafile, diagnose)
+-- cert: optional { cert=, key= } client certificate.
+function Client:tls(cafile, diagnose, cert)
   local params = { mode = "client", protocol = "any", verify = "peer",
                    options = { "all", "no_sslv2", "no_sslv3" }, cafile = cafile,
-                   verifyext = diagnose and { "lsec_continue" } or nil }
+                   verifyext = diagnose and { "lsec_continue" } or nil,
+                   certificate = cert and cert.cert, key = cert and cert.key }
   local conn = assert(ssl.wrap(self.sock, params))
   conn:sni("localhost")
   conn:settimeout(5)
@@ -268,6 +270,17 @@ describe("support.servers", function()
       assert.equal("u", m.auth)
       assert.equal("XOAUTH2", m.auth_mechanism)
       assert.is_true(m.tls)
+    end)
+
+    it("records the subject of a client certificate", function()
+      local s = servers.aiosmtpd{ tls = "implicit", client_cert = "require" }
+      local c = connect(s.host, s.port)
+      assert(c:tls(s.cafile, false, servers.ca().certs.client))
+      assert.equal(220, (c:reply()))
+      c:ehlo()
+      assert.equal(250, (transaction(c, "a@example.org", { "b@example.org" }, "x\r\n")))
+      c:close()
+      assert.equal("mailer test client", s:wait_messages(1, 5)[1].client_cert)
     end)
 
     it("offers AUTH in clear text only when asked to, and only the listed mechanisms", function()

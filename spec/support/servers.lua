@@ -3,13 +3,26 @@
 -- Each server runs as its own process group on 127.0.0.1 and is stopped by
 -- :stop(), servers.stop_all(), when the Lua state closes, or (watchdog in
 -- the peer) when this process is gone. Plain Lua 5.1-5.4/LuaJIT; uses
--- LuaSocket (sleep, clock, free ports) and dkjson when they are installed.
+-- LuaSocket (sleep, clock, free ports) and dkjson (the peers' records).
+-- The peers are Python scripts beside this file, run by Debian's
+-- /usr/bin/python3 without the sanitizer runtime (LD_PRELOAD is dropped).
 --
 --   local servers = require "support.servers"
---   local s = servers.aiosmtpd{ tls = "starttls", auth = { user = "u", password = "p" } }
---   ... connect to s.host, s.port, verify with s.cafile ...
---   local msgs = s:wait_messages(1, 5)     -- { {mail_from=, rcpt_tos=, data=, ...} }
---   servers.stop_all()
+--   servers.ca()            -> { dir=, cafile=, certs = { good=, ["wrong-host"]=, expired=,
+--                                future=, ["self-signed"]=, untrusted=, wildcard=, client= } }
+--                              each { cert=, key= }; created once per run
+--   servers.aiosmtpd{...}   -> s: s.host, s.port, s.cafile, s:messages(),
+--                              s:wait_messages(n, timeout), s:connections(), s:stop()
+--   servers.hostile{ step, ..., connections=, scripts=, timeout=, linger= }
+--                           -> h: h.host, h.port, h.cafile, h:received([i]), h:wait(timeout),
+--                              h:status(), h:events(), h:stop()
+--   servers.postfix{...}    -> p: p.host, p.port, p.domain, p.maildir, p:messages([{crlf=true}]),
+--                              p:wait_messages(n, timeout[, opts]), p:deliveries(), p:maillog(),
+--                              p:stop();  servers.have_postfix() -> true | false, why
+--   servers.smtp_sink{...}  -> k: k.host, k.port, k:stop()
+--   servers.stop_all(), servers.free_port(), servers.tmpdir(), servers.mkdir(name)
+-- Every server also has :alive() and :stderr(); a server that fails to
+-- start raises an error that quotes its stderr.
 
 local M = {}
 
