@@ -34,6 +34,24 @@ describe("README examples", function()
         assert(load(code, "README block " .. i, "t", {}))
         return
       end
+      local printed = {}
+      local env = setmetatable({
+        print = function(...)
+          local t = table.pack(...)
+          for k = 1, t.n do t[k] = tostring(t[k]) end
+          printed[#printed + 1] = table.concat(t, "\t")
+        end,
+      }, { __index = _G })
+      if code:find("smtp.gmail.com", 1, true) then
+        -- an implicit-TLS aiosmtpd that takes "token-1" as the bearer token
+        local g = servers.aiosmtpd { tls = "implicit", cert = "good",
+          auth = { user = "me@gmail.com", password = "token-1" } }
+        env.fetch_access_token = function() return "token-1" end
+        local n
+        code, n = code:gsub('host = "smtp%.gmail%.com", port = 465,',
+          ('host = "localhost", port = %d, security = "tls", tls = { cafile = %q },'):format(g.port, g.cafile))
+        assert.is_true(n > 0)
+      end
       if code:find("smtp.example.com", 1, true) then
         srv = srv or servers.aiosmtpd { tls = "starttls", cert = "good",
           auth = { user = "alice", password = "secret" }, extensions = { "PIPELINING", "ENHANCEDSTATUSCODES" },
@@ -43,14 +61,6 @@ describe("README examples", function()
           ('host = "localhost", port = %d, security = "starttls", tls = { cafile = %q },'):format(srv.port, srv.cafile))
         assert.is_true(n > 0, "an smtp.example.com example the spec cannot redirect")
       end
-      local printed = {}
-      local env = setmetatable({
-        print = function(...)
-          local t = table.pack(...)
-          for k = 1, t.n do t[k] = tostring(t[k]) end
-          printed[#printed + 1] = table.concat(t, "\t")
-        end,
-      }, { __index = _G })
       local chunk = assert(load(code, "README block " .. i, "t", env))
       chunk()
       local k = 0
