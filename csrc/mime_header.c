@@ -265,6 +265,9 @@ int mlr_hdr_unstructured(mlr_buf *b, const char *name, size_t nlen, const char *
      * (encoded words can be split); so must a value that is all blank. */
     if (longest + nlen + 2 > MLR_LINE_MAX)
         encode = 1;
+    /* leading blanks would merge with the one after the colon and be lost */
+    if (n > 0 && is_wsp(v[0]))
+        encode = 1;
     if ((rc = mlr_fold_start(&f, b, name, nlen)))
         return rc;
     if (encode) {
