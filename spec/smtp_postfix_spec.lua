@@ -31,7 +31,8 @@ describe("smtp against Postfix", function()
       assert.is_nil(results[i].error and tostring(results[i].error))
       assert.are.equal(250, results[i].code)
     end
-    local got = p:wait_messages(3, 20)
+    -- Postfix stores Maildir files with LF line ends; crlf=true restores CRLF
+    local got = p:wait_messages(3, 20, { crlf = true })
     assert.are.equal(3, #got)
     local parsed = {}
     for i, m in ipairs(got) do parsed[i] = mime.parse_many({ raw_of(m) })[1] end
@@ -39,6 +40,21 @@ describe("smtp against Postfix", function()
     for i = 1, 3 do
       assert.are.equal(want[i].subject, parsed[i].subject)
       assert.are.same(want[i].parts, parsed[i].parts)
+      assert.are.same({}, parsed[i].defects)
+    end
+    -- Postfix adds its trace headers on top; our header block arrives
+    -- byte for byte below them, and the body after it
+    for _, m in ipairs(got) do
+      local raw, found = raw_of(m), false
+      for i = 1, 3 do
+        local rendered = assert(msgs[i]:render())
+        local s = raw:find(rendered, 1, true)
+        if s then
+          found = true
+          assert.are.equal(#raw, s + #rendered - 1)
+        end
+      end
+      assert.is_true(found, "a delivered message does not hold a rendered one unchanged")
     end
   end)
 end)
