@@ -265,6 +265,7 @@ nomem:
 }
 
 int mlr_dkim_algorithm(const mlr_dkim *d) { return d->alg; }
+int mlr_dkim_body_canon(const mlr_dkim *d) { return d->bc ? MLR_DKIM_RELAXED : MLR_DKIM_SIMPLE; }
 
 /* ---- body ---- */
 

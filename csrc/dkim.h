@@ -45,6 +45,8 @@ mlr_dkim *mlr_dkim_new(const mlr_alloc *a, const mlr_dkim_opts *o, int *rc, char
                        size_t errlen);
 void mlr_dkim_free(mlr_dkim *d);
 int mlr_dkim_algorithm(const mlr_dkim *d);
+/* The body canonicalization (MLR_DKIM_SIMPLE / MLR_DKIM_RELAXED). */
+int mlr_dkim_body_canon(const mlr_dkim *d);
 
 /* Incremental body canonicalizer + SHA-256. Lines end at CRLF only (a lone
  * CR or LF is an ordinary octet); trailing empty lines are held back until

@@ -412,6 +412,135 @@ static int l_msg_part(lua_State *L)
     return builder_result(L, lm, rc);
 }
 
+/* ---- DKIM signers ---- */
+
+#define DKIM_MT "mailer.DkimSigner"
+
+/* Make a core signer from the spec table at idx: {domain=, selector=,
+ * key=, algorithm=, header_canon=, body_canon=, headers={...}, time=}
+ * (checked by the wrapper). NULL with an error message on failure. */
+static mlr_dkim *new_signer(lua_State *L, int idx, const mlr_alloc *a, int *rc, char *err,
+                            size_t errlen)
+{
+    mlr_dkim_opts o;
+    const char *names[MLR_DKIM_MAX_HEADERS];
+    const char *alg, *hc, *bc;
+    mlr_dkim *d;
+    int top = lua_gettop(L);
+    memset(&o, 0, sizeof o);
+    lua_getfield(L, idx, "domain");
+    o.domain = lua_tostring(L, -1);
+    lua_getfield(L, idx, "selector");
+    o.selector = lua_tostring(L, -1);
+    lua_getfield(L, idx, "key");
+    o.key = lua_tolstring(L, -1, &o.key_len);
+    lua_getfield(L, idx, "algorithm");
+    alg = lua_tostring(L, -1);
+    o.algorithm = !alg ? 0 : !strcmp(alg, "ed25519-sha256") ? MLR_DKIM_ED25519_SHA256
+                                                            : MLR_DKIM_RSA_SHA256;
+    lua_getfield(L, idx, "header_canon");
+    hc = lua_tostring(L, -1);
+    lua_getfield(L, idx, "body_canon");
+    bc = lua_tostring(L, -1);
+    o.header_canon = hc && !strcmp(hc, "simple") ? MLR_DKIM_SIMPLE : MLR_DKIM_RELAXED;
+    o.body_canon = bc && !strcmp(bc, "simple") ? MLR_DKIM_SIMPLE : MLR_DKIM_RELAXED;
+    lua_getfield(L, idx, "time");
+    o.time = lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : -1;
+    lua_getfield(L, idx, "headers");
+    if (lua_istable(L, -1)) {
+        size_t i, n = lua_rawlen(L, -1);
+        if (n > MLR_DKIM_MAX_HEADERS)
+            n = MLR_DKIM_MAX_HEADERS + 1;   /* refused by the core */
+        for (i = 0; i < n && i < MLR_DKIM_MAX_HEADERS; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i + 1);
+            names[i] = lua_tostring(L, -1);   /* kept alive by the spec table */
+            lua_pop(L, 1);
+            if (!names[i])
+                names[i] = "";
+        }
+        o.headers = names;
+        o.nheaders = n;
+    }
+    d = mlr_dkim_new(a, &o, rc, err, errlen);
+    lua_settop(L, top);
+    return d;
+}
+
+/* Push the error of a failed new_signer (raises on out of memory). */
+static int signer_error(lua_State *L, int rc, const char *err)
+{
+    char field[32] = "dkim";
+    const char *colon = strchr(err, ':');
+    char msg[320];
+    if (rc == MLR_ERR_NOMEM)
+        return luaL_error(L, "not enough memory");
+    if (colon && colon - err < 20 && !memchr(err, ' ', (size_t)(colon - err)))
+        snprintf(field, sizeof field, "dkim.%.*s", (int)(colon - err), err);
+    snprintf(msg, sizeof msg, "dkim.%s", err);
+    return mlr_fail(L, "input", msg, field);
+}
+
+/* core.msg_dkim(m, spec) -> true | nil, err: sign every rendering. */
+static int l_msg_dkim(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    char err[256];
+    int rc;
+    mlr_dkim *d;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    d = new_signer(L, 2, &lm->alloc, &rc, err, sizeof err);
+    if (!d)
+        return signer_error(L, rc, err);
+    return builder_result(L, lm, mlr_msg_set_dkim(lm->m, d));
+}
+
+/* core.dkim_signer(spec) -> signer | nil, err: a signer for conn:send's
+ * dkim option (the userdata owns the core signer). */
+static int l_dkim_signer(lua_State *L)
+{
+    mlr_dkim **ud;
+    mlr_alloc a;
+    char err[256];
+    int rc;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ud = lua_newuserdatauv(L, sizeof *ud, 0);
+    *ud = NULL;
+    luaL_getmetatable(L, DKIM_MT);
+    lua_setmetatable(L, -2);
+    mlr_lua_alloc(L, &a);
+    *ud = new_signer(L, 1, &a, &rc, err, sizeof err);
+    if (!*ud)
+        return signer_error(L, rc, err);
+    return 1;
+}
+
+static int signer_gc(lua_State *L)
+{
+    mlr_dkim **ud = luaL_checkudata(L, 1, DKIM_MT);
+    mlr_dkim_free(*ud);
+    *ud = NULL;
+    return 0;
+}
+
+/* signer:dns_record() -> "v=DKIM1; k=...; p=..." (the TXT record to publish) */
+static int signer_dns_record(lua_State *L)
+{
+    mlr_dkim **ud = luaL_checkudata(L, 1, DKIM_MT);
+    mlr_buf b;
+    mlr_alloc a;
+    if (!*ud)
+        return luaL_error(L, "attempt to use a freed signer");
+    mlr_lua_alloc(L, &a);
+    mlr_buf_init(&b, &a);
+    if (mlr_dkim_dns_record(*ud, &b) != MLR_OK) {
+        mlr_buf_free(&b);
+        return luaL_error(L, "cannot export the public key");
+    }
+    lua_pushlstring(L, b.data, b.len);
+    mlr_buf_free(&b);
+    return 1;
+}
+
 /* core.msg_finish(m) -> m | nil, err */
 static int l_msg_finish(lua_State *L)
 {
@@ -708,6 +837,8 @@ static const luaL_Reg core_funcs[] = {
     {"msg_body", l_msg_body},
     {"msg_part", l_msg_part},
     {"msg_finish", l_msg_finish},
+    {"msg_dkim", l_msg_dkim},
+    {"dkim_signer", l_dkim_signer},
     {NULL, NULL}};
 
 void mlr_open_message(lua_State *L)
@@ -720,6 +851,14 @@ void mlr_open_message(lua_State *L)
     luaL_newmetatable(L, RENDER_MT);
     lua_pushcfunction(L, render_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, DKIM_MT);
+    lua_pushcfunction(L, signer_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, signer_dns_record);
+    lua_setfield(L, -2, "dns_record");
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, ERROR_MT);
     lua_pushcfunction(L, error_tostring);

@@ -9,14 +9,17 @@
 #include "mime_message.h"
 #include "codec_base64.h"
 #include "codec_qp.h"
+#include "dkim.h"
 #include "mime_addr.h"
 #include "mime_header.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -48,6 +51,8 @@ typedef struct part {
     mlr_source_fn fn;           /* SRC_FN */
     void *ud;
     int64_t size;               /* source size when known, else -1 */
+    int spool_fd;               /* SRC_FN read while signing: its bytes, else -1 */
+    int spooled;                /* the spool holds the whole source */
     char field[64];
 } part;
 
@@ -79,6 +84,8 @@ struct mlr_msg {
     size_t nrcpts, rcpts_cap;
     int smtputf8, finished;
     uint64_t size;
+    mlr_dkim *dkim;             /* signs every rendering when set */
+    size_t dkim_len;            /* length of its DKIM-Signature field */
     mlr_msg_error err;
 };
 
@@ -132,6 +139,8 @@ static void free_part(const mlr_alloc *a, part *p)
         return;
     mlr_free(a, p->kids, p->kcap * sizeof *p->kids);
     mlr_buf_free(&p->headers);
+    if (p->spool_fd >= 0)
+        close(p->spool_fd);
     mlr_free(a, p->data, p->len + 1);
     if (p->path)
         mlr_free(a, p->path, strlen(p->path) + 1);
@@ -166,6 +175,7 @@ void mlr_msg_free(mlr_msg *m)
     mlr_buf_free(&m->text_buf);
     mlr_free(a, m->ops, m->ops_cap * sizeof *m->ops);
     mlr_free(a, m->rcpts, m->rcpts_cap * sizeof *m->rcpts);
+    mlr_dkim_free(m->dkim);
     mlr_free(a, m, sizeof *m);
 }
 
@@ -183,6 +193,7 @@ static part *new_part(mlr_msg *m)
     memset(p, 0, sizeof *p);
     mlr_buf_init(&p->headers, m->a);
     p->size = -1;
+    p->spool_fd = -1;
     m->allparts[m->nparts++] = p;
     return p;
 }
@@ -886,8 +897,35 @@ int mlr_msg_finish(mlr_msg *m)
     if ((rc = flatten(m, body, &size_known)))
         return rc;
     m->size = size_known ? m->size + h->len : 0;
+    if (m->dkim) {
+        m->dkim_len = mlr_dkim_header_len(m->dkim, h->data, m->head_len - 2);
+        if (m->dkim_len == 0)
+            return MLR_ERR_NOMEM;
+        if (m->size)
+            m->size += m->dkim_len;
+    }
     m->finished = 1;
     return MLR_OK;
+}
+
+int mlr_msg_set_dkim(mlr_msg *m, mlr_dkim *d)
+{
+    if (m->finished) {
+        mlr_dkim_free(d);
+        return MLR_ERR_STATE;
+    }
+    mlr_dkim_free(m->dkim);
+    m->dkim = d;
+    return MLR_OK;
+}
+
+uint64_t mlr_msg_size_dkim(const mlr_msg *m, const mlr_dkim *d)
+{
+    size_t n;
+    if (!m->size || !d || d == m->dkim)
+        return m->size;
+    n = mlr_dkim_header_len(d, m->text_buf.data, m->head_len - 2);
+    return n ? m->size - m->dkim_len + n : 0;
 }
 
 const char *mlr_msg_env_from(const mlr_msg *m)
@@ -970,10 +1008,15 @@ struct mlr_render {
     size_t fn_left;
     uint8_t *out;
     size_t out_cap;
+    const mlr_dkim *dk;     /* sign with this (NULL: no signature) */
+    int signed_done;        /* the signature field was made and handed out */
+    int spool;              /* the hashing pass: keep producers' bytes */
+    mlr_buf sig;            /* the DKIM-Signature field */
     char err[256];
 };
 
-mlr_render *mlr_render_new(mlr_msg *m)
+/* A rendering signed with d (NULL: unsigned). */
+static mlr_render *render_alloc(mlr_msg *m, const mlr_dkim *d)
 {
     mlr_render *r;
     if (!m->finished)
@@ -993,7 +1036,16 @@ mlr_render *mlr_render_new(mlr_msg *m)
         mlr_free(m->a, r, sizeof *r);
         return NULL;
     }
+    r->dk = d;
+    mlr_buf_init(&r->sig, &r->a);
     return r;
+}
+
+mlr_render *mlr_render_new(mlr_msg *m) { return render_alloc(m, m->dkim); }
+
+mlr_render *mlr_render_new_dkim(mlr_msg *m, const mlr_dkim *d)
+{
+    return render_alloc(m, d ? d : m->dkim);
 }
 
 void mlr_render_free(mlr_render *r)
@@ -1003,6 +1055,7 @@ void mlr_render_free(mlr_render *r)
         return;
     if (r->fp)
         fclose(r->fp);
+    mlr_buf_free(&r->sig);
     a = r->a;
     mlr_free(&a, r->out, r->out_cap);
     mlr_free(&a, r, sizeof *r);
@@ -1039,6 +1092,21 @@ static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
         *ptr = in;
         return (long)n;
     }
+    if (p->spooled) {   /* read back what the signing pass kept */
+        uint8_t *in = r->out + r->out_cap - IN_BLOCK;
+        ssize_t n;
+        do
+            n = pread(p->spool_fd, in, IN_BLOCK, (off_t)r->mem_off);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "reading the spooled source failed: %s", strerror(errno));
+            return render_fail(r, MLR_ERR_IO, p, msg);
+        }
+        r->mem_off += (size_t)n;
+        *ptr = in;
+        return (long)n;
+    }
     /* a producer may hand out chunks of any size: encode them in slices */
     while (r->fn_left == 0) {
         char msg[200] = "the source failed";
@@ -1047,6 +1115,8 @@ static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
             return render_fail(r, rc, p, msg);
         if (rc == 0) {
             r->fn_left = 0;
+            if (r->spool)
+                p->spooled = 1;
             return 0;
         }
     }
@@ -1055,13 +1125,105 @@ static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
         *ptr = r->fn_ptr;
         r->fn_ptr += n;
         r->fn_left -= n;
+        if (r->spool) {
+            const uint8_t *q = *ptr;
+            size_t left = n;
+            while (left) {
+                ssize_t w = write(p->spool_fd, q, left);
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w <= 0) {
+                    char msg[200];
+                    snprintf(msg, sizeof msg, "writing the DKIM spool file failed: %s",
+                             w < 0 ? strerror(errno) : "no space");
+                    return render_fail(r, MLR_ERR_IO, p, msg);
+                }
+                q += w;
+                left -= (size_t)w;
+            }
+        }
         return (long)n;
     }
+}
+
+/* An anonymous temporary file (unlinked at once) in $TMPDIR or /tmp. */
+static int spool_open(mlr_render *r, part *p)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[512];
+    int fd;
+    if (!dir || !*dir || strlen(dir) > 400)
+        dir = "/tmp";
+    snprintf(path, sizeof path, "%s/mailer-dkim-XXXXXX", dir);
+    fd = mkstemp(path);
+    if (fd < 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "cannot create a DKIM spool file in %.100s: %s", dir,
+                 strerror(errno));
+        return render_fail(r, MLR_ERR_IO, p, msg);
+    }
+    unlink(path);
+    p->spool_fd = fd;
+    return MLR_OK;
+}
+
+/* The signing pass: render the message once without output, hash its
+ * body, and make the DKIM-Signature field into r->sig. Producer sources
+ * are spooled to a temporary file on the way, so the sending pass (and
+ * any later rendering) reads them back from there. */
+static int sign_pass(mlr_render *r)
+{
+    mlr_msg *m = r->m;
+    mlr_render *h = render_alloc(m, NULL);
+    mlr_dkim_body body;
+    uint8_t bh[32];
+    size_t skip = m->head_len;
+    const uint8_t *p;
+    size_t n;
+    int rc;
+    if (!h)
+        return MLR_ERR_NOMEM;
+    h->spool = 1;
+    if (mlr_dkim_body_init(&body, r->dk ? mlr_dkim_body_canon(r->dk) : 0)) {
+        mlr_render_free(h);
+        return MLR_ERR_NOMEM;
+    }
+    while ((rc = mlr_render_next(h, &p, &n)) == 1) {
+        if (skip) {   /* the header block is not part of the body */
+            size_t k = n < skip ? n : skip;
+            p += k;
+            n -= k;
+            skip -= k;
+        }
+        if (n)
+            mlr_dkim_body_update(&body, p, n);
+    }
+    if (rc < 0) {
+        memcpy(r->err, h->err, sizeof r->err);
+        mlr_dkim_body_free(&body);
+        mlr_render_free(h);
+        return rc;
+    }
+    mlr_render_free(h);
+    if (mlr_dkim_body_final(&body, bh))
+        return MLR_ERR_NOMEM;
+    mlr_buf_reset(&r->sig);
+    return mlr_dkim_sign(r->dk, m->text_buf.data, m->head_len - 2, bh, &r->sig, r->err,
+                         sizeof r->err);
 }
 
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
 {
     mlr_msg *m = r->m;
+    if (r->dk && !r->signed_done) {
+        int rc = sign_pass(r);
+        if (rc < 0)
+            return rc;
+        r->signed_done = 1;
+        *p = (const uint8_t *)r->sig.data;
+        *n = r->sig.len;
+        return 1;
+    }
     for (;;) {
         op *o;
         part *pt;
@@ -1093,12 +1255,17 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
                              strerror(errno));
                     return render_fail(r, MLR_ERR_IO, pt, msg);
                 }
-            } else if (pt->src == SRC_FN) {
+            } else if (pt->src == SRC_FN && !pt->spooled) {
                 if (pt->consumed)
                     return render_fail(r, MLR_ERR_INPUT, pt,
                                        "a source function can be read only once; "
                                        "render the message again with a new source");
                 pt->consumed = 1;
+                if (r->spool && pt->spool_fd < 0) {
+                    int rc = spool_open(r, pt);
+                    if (rc)
+                        return rc;
+                }
             }
             if (pt->enc == ENC_7BIT) {
                 /* already CRLF-normalised text: hand it out as is */

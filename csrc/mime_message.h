@@ -9,6 +9,7 @@
 #ifndef MIME_MESSAGE_H
 #define MIME_MESSAGE_H
 
+#include "dkim.h"
 #include "mlr_common.h"
 
 typedef struct mlr_msg mlr_msg;
@@ -96,11 +97,26 @@ size_t mlr_msg_env_count(const mlr_msg *m);
 const char *mlr_msg_env_rcpt(const mlr_msg *m, size_t i);
 /* True when an envelope address has non-ASCII octets (needs SMTPUTF8). */
 int mlr_msg_needs_smtputf8(const mlr_msg *m);
-/* Exact rendered size in octets when every source has a known size, else 0. */
+/* Exact rendered size in octets when every source has a known size, else 0
+ * (the DKIM-Signature field included when the message is signed). */
 uint64_t mlr_msg_size(const mlr_msg *m);
+
+/* Sign every rendering with d (before mlr_msg_finish; the message takes
+ * d over, also on failure): MLR_OK or MLR_ERR_STATE. A signed rendering
+ * starts with the DKIM-Signature field; its first mlr_render_next runs a
+ * hashing pass over the body first (files and memory are read twice; a
+ * producer source is copied to an unlinked temporary file in $TMPDIR or
+ * /tmp during that pass and read back from there, so it can be rendered
+ * again). Memory stays bounded either way. */
+int mlr_msg_set_dkim(mlr_msg *m, mlr_dkim *d);
+/* The size when signed with d instead (d NULL: the message's own signer). */
+uint64_t mlr_msg_size_dkim(const mlr_msg *m, const mlr_dkim *d);
 
 /* Start a rendering; NULL on allocation failure. */
 mlr_render *mlr_render_new(mlr_msg *m);
+/* A rendering signed with d (borrowed; must outlive the rendering) instead
+ * of the message's own signer; d NULL: as mlr_render_new. */
+mlr_render *mlr_render_new_dkim(mlr_msg *m, const mlr_dkim *d);
 /* Next piece: 1 with (*p, *n) set (valid until the next call), 0 at the
  * end, negative mlr_err on failure (text from mlr_render_error). */
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n);

@@ -174,6 +174,70 @@ local function header_list(h)
   return out
 end
 
+local dkim_fields = { domain = true, selector = true, key = true, algorithm = true,
+                      canonicalization = true, headers = true }
+local canons = { simple = true, relaxed = true }
+
+-- Check a dkim table (message field or send option) and turn it into the
+-- core's spec: { domain=, selector=, key=, algorithm=, header_canon=,
+-- body_canon=, headers= }, or nil, err (kind "input", field "dkim.<name>").
+function M.dkim_spec(d, field)
+  if type(d) ~= "table" then
+    return input_error(field, "expected a table {domain=, selector=, key=, ...}")
+  end
+  for k in pairs(d) do
+    if not dkim_fields[k] then
+      return input_error(field .. "." .. tostring(k), "unknown DKIM option")
+    end
+  end
+  for _, k in ipairs { "domain", "selector", "key" } do
+    if type(d[k]) ~= "string" or d[k] == "" then
+      return input_error(field .. "." .. k, "required (a string)")
+    end
+  end
+  local alg = d.algorithm
+  if alg ~= nil and alg ~= "rsa-sha256" and alg ~= "ed25519-sha256" then
+    return input_error(field .. ".algorithm", 'expected "rsa-sha256" or "ed25519-sha256"')
+  end
+  local c = d.canonicalization or "relaxed/relaxed"
+  if type(c) ~= "string" then
+    return input_error(field .. ".canonicalization", 'expected a string such as "relaxed/relaxed"')
+  end
+  local hc, bc = c:match("^(%a+)/(%a+)$")
+  if not hc then hc, bc = c, "simple" end   -- RFC 6376: "c=relaxed" is relaxed/simple
+  if not canons[hc] or not canons[bc] then
+    return input_error(field .. ".canonicalization",
+      'expected "relaxed/relaxed", "simple/simple", "relaxed/simple" or "simple/relaxed"')
+  end
+  local headers
+  if d.headers ~= nil then
+    if type(d.headers) ~= "table" or #d.headers == 0 then
+      return input_error(field .. ".headers", "expected a list of header names")
+    end
+    headers = {}
+    for i, h in ipairs(d.headers) do
+      if type(h) ~= "string" then
+        return input_error(field .. ".headers[" .. i .. "]", "expected a header name")
+      end
+      headers[i] = h
+    end
+  end
+  return { domain = d.domain, selector = d.selector, key = d.key, algorithm = alg,
+           header_canon = hc, body_canon = bc, headers = headers }
+end
+
+-- mailer.dkim_dns_record(key) -> "v=DKIM1; k=rsa; p=..." | nil, err: the
+-- TXT record to publish at <selector>._domainkey.<domain> for a private
+-- key (PEM text or a file path).
+function M.dkim_dns_record(key)
+  if type(key) ~= "string" then
+    error("bad argument #1 to 'dkim_dns_record' (string expected, got " .. type(key) .. ")", 2)
+  end
+  local signer, err = core.dkim_signer { domain = "example.invalid", selector = "s", key = key }
+  if not signer then return nil, err end
+  return signer:dns_record()
+end
+
 -- mailer.message(t) -> msg | nil, err
 -- Builds a message from a table (see README); a message passes through.
 function M.message(t)
@@ -188,9 +252,11 @@ function M.message(t)
       return input_error(tostring(k), "unknown message field")
     end
   end
+  local dkim
   if t.dkim ~= nil then
-    return nil, core.error { kind = "unsupported", field = "dkim",
-      message = "dkim: DKIM signing is not available in this version" }
+    local derr
+    dkim, derr = M.dkim_spec(t.dkim, "dkim")
+    if not dkim then return nil, derr end
   end
   local m = core.new_message()
   local ok, err
@@ -261,6 +327,10 @@ function M.message(t)
         if not ok then return nil, err end
       end
     end
+  end
+  if dkim then
+    ok, err = core.msg_dkim(m, dkim)
+    if not ok then return nil, err end
   end
   return core.msg_finish(m)
 end
