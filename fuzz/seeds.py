@@ -122,3 +122,7 @@ put("qp", "long", b"\x02" + b"x" * 75 + b" \r\n" + b"y" * 200)
 put("dotstuff", "lines", b"\x01line\n.\nfoo\r.\r\n\r\n.\r\nMAIL FROM:<x@y>\r\n..\r")
 for i, s in enumerate(SMUG):
     put("dotstuff", "smuggle%d" % i, b"\x00body" + s + b"MAIL FROM:<spoof@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n")
+put("sasl", "cram", b"\x02" + u16s(b"PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UuZXhhbXBsZS5uZXQ+") +
+    u16s(b"<1896.697170952@postoffice.example.net>") + u16s(b"again"))
+put("sasl", "login", b"\x01" + u16s(b"VXNlcm5hbWU6") + u16s(b"Username:") + u16s(b"Password:") + u16s(b"more"))
+put("sasl", "oauth_error", b"\x04" + u16s(b"eyJzdGF0dXMiOiI0MDEifQ==") + u16s(b'{"status":"401"}') + u16s(b""))
