@@ -298,6 +298,7 @@ void mlr_smtp_free(mlr_smtp *e)
         OPENSSL_cleanse(e->secret, e->secret_len);
         mlr_free(e->a, e->secret, e->secret_len + 1);
     }
+    mlr_sasl_clear(&e->sasl);
     if (e->sasl_buf.data)
         OPENSSL_cleanse(e->sasl_buf.data, e->sasl_buf.cap);
     if (e->out.data)  /* may hold an AUTH line */
@@ -697,6 +698,11 @@ static void start_auth(mlr_smtp *e)
     }
     e->auth_mech = mlr_sasl_choose(e->caps.mechs, e->auth_pref, e->auth_npref,
                                    !e->secret_is_token, e->secret_is_token);
+    if (e->auth_mech == MLR_MECH_SCRAM_SHA_256 && e->auth_npref == 0 &&
+        (mlr_saslprep(e->user, e->user_len, NULL) || mlr_saslprep(e->secret, e->secret_len, NULL)))
+        /* credentials SASLprep refuses (not UTF-8, say): the next best */
+        e->auth_mech = mlr_sasl_choose(e->caps.mechs & ~(unsigned)MLR_MECH_SCRAM_SHA_256,
+                                       e->auth_pref, 0, !e->secret_is_token, e->secret_is_token);
     if (!e->auth_mech) {
         names[0] = '\0';
         for (i = 0; i < 6; i++)
@@ -707,6 +713,7 @@ static void start_auth(mlr_smtp *e)
               nl ? names : " none we support");
         return;
     }
+    mlr_sasl_clear(&e->sasl);
     memset(&e->sasl, 0, sizeof e->sasl);
     e->sasl.mech = e->auth_mech;
     e->sasl.user = e->user;
@@ -724,6 +731,11 @@ static void start_auth(mlr_smtp *e)
     e->ir_deferred = 0;
     mlr_buf_reset(ir);
     rc = mlr_sasl_initial(&e->sasl, ir);
+    if (rc == MLR_ERR_INPUT) {
+        fatal(e, MLR_ERR_INPUT, 0, NULL, 1, "credentials contain characters %s cannot carry",
+              mlr_mech_name(e->auth_mech));
+        return;
+    }
     if (rc < 0) {
         nomem(e);
         return;
@@ -804,6 +816,14 @@ static void on_auth(mlr_smtp *e, const mlr_reply *r)
     size_t tl = r->text_len;
     int rc;
     if (is_2xx(r->code)) {
+        if (!mlr_sasl_complete(&e->sasl)) {
+            fatal(e, MLR_ERR_AUTH, 0, r, 1,
+                  "the server accepted %s authentication without proving that it knows the "
+                  "password (no server signature); not trusting this server",
+                  mlr_mech_name(e->auth_mech));
+            return;
+        }
+        mlr_sasl_clear(&e->sasl);
         become_ready(e);
         return;
     }
@@ -1080,9 +1100,13 @@ static void on_reply(mlr_smtp *e, const mlr_reply *r)
         on_auth(e, r);
         return;
     case X_AUTH_CANCEL:
-        fatal(e, MLR_ERR_AUTH, 0, r, 1,
-              "authentication cancelled: the server kept sending 334 challenges or sent an "
-              "invalid one (%s)", mlr_mech_name(e->auth_mech));
+        if (e->sasl.errmsg[0])   /* whatever the server answers to "*", even 235 */
+            fatal(e, MLR_ERR_AUTH, 0, r, 1, "authentication failed (%s): %s",
+                  mlr_mech_name(e->auth_mech), e->sasl.errmsg);
+        else
+            fatal(e, MLR_ERR_AUTH, 0, r, 1,
+                  "authentication cancelled: the server kept sending 334 challenges or sent an "
+                  "invalid one (%s)", mlr_mech_name(e->auth_mech));
         return;
     case X_NOOP:
     case X_CMD_RSET:

@@ -132,11 +132,7 @@ function M.connect(opts)
       if not mech then
         return input_error("auth", "unknown mechanism '" .. name .. "'")
       end
-      if mech == "SCRAM-SHA-256" and #list == 1 then
-        return nil, core.error { kind = "unsupported", field = "auth",
-          message = "auth: SCRAM-SHA-256 is not available in this version" }
-      end
-      if mech ~= "SCRAM-SHA-256" then names[#names + 1] = mech end
+      names[#names + 1] = mech
     end
     c.auth = names
   end
