@@ -17,12 +17,13 @@
 #define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
 #define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
 #define QCAP 32                  /* expected-reply ring */
+#define BDAT_CHUNK (1024 * 1024) /* default BDAT chunk size */
 
 enum state { ST_GREETING, ST_EHLO, ST_HELO, ST_STARTTLS, ST_TLS_WAIT, ST_AUTH,
              ST_READY, ST_CLOSED };
 
 enum expect { X_GREETING, X_EHLO, X_HELO, X_STARTTLS, X_AUTH, X_AUTH_CANCEL,
-              X_RSET, X_MAIL, X_RCPT, X_DATA, X_DOT, X_NOOP, X_CMD_RSET, X_QUIT };
+              X_RSET, X_MAIL, X_RCPT, X_DATA, X_DOT, X_BDAT, X_NOOP, X_CMD_RSET, X_QUIT };
 
 enum phase { P_QUEUED, P_CMDS, P_BODY, P_DOT, P_DONE };
 
@@ -43,6 +44,8 @@ struct mlr_smtp {
     size_t auth_npref;
     unsigned port;
     size_t max_line;
+    int no_chunking;
+    size_t chunk_size;
     mlr_smtp_trace_fn trace;
     void *trace_ud;
 
@@ -64,6 +67,9 @@ struct mlr_smtp {
     size_t ntx;
     mlr_smtp_txn *body;   /* transaction whose body is being sent */
     mlr_dot dot;
+    mlr_buf chunk;        /* BDAT: the chunk being filled */
+    size_t ccol;          /* BDAT: octets on the current line */
+    int ccr;              /* BDAT: a CR is pending */
 
     mlr_sasl sasl;
     unsigned auth_mech;   /* mechanism in use / used */
@@ -125,7 +131,7 @@ static int add_line(mlr_smtp *e, const char *line, size_t len, const char *show)
 static int expect(mlr_smtp *e, int kind, mlr_smtp_txn *t)
 {
     expect_entry *last = e->qlen ? &e->q[(e->qhead + e->qlen - 1) % QCAP] : NULL;
-    if (kind == X_RCPT && last && last->kind == X_RCPT && last->t == t) {
+    if ((kind == X_RCPT || kind == X_BDAT) && last && last->kind == kind && last->t == t) {
         last->count++;
         return MLR_OK;
     }
@@ -154,6 +160,7 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
     if (fmt)
         vsnprintf(e->status.message, sizeof e->status.message, fmt, ap);
     mlr_buf_reset(&e->out);
+    mlr_buf_reset(&e->chunk);
     e->out_pos = 0;
     e->qlen = 0;
     e->body = NULL;
@@ -255,6 +262,7 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     mlr_buf_init(&e->out, a);
     mlr_buf_init(&e->tmp, a);
     mlr_buf_init(&e->sasl_buf, a);
+    mlr_buf_init(&e->chunk, a);
     mlr_reply_init(&e->rp, a);
     e->helo = mlr_strndup(a, helo, hl);
     e->host = mlr_strndup(a, o->host ? o->host : "", o->host ? strlen(o->host) : 0);
@@ -281,6 +289,8 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     memcpy(e->auth_pref, o->auth_pref, sizeof e->auth_pref);
     e->port = o->port;
     e->max_line = o->max_line == 0 ? 998 : o->max_line == SIZE_MAX ? 0 : o->max_line;
+    e->no_chunking = o->no_chunking;
+    e->chunk_size = o->chunk_size ? o->chunk_size : BDAT_CHUNK;
     e->trace = o->trace;
     e->trace_ud = o->trace_ud;
     e->tls_active = o->security == MLR_SEC_TLS;
@@ -313,6 +323,7 @@ void mlr_smtp_free(mlr_smtp *e)
     mlr_buf_free(&e->out);
     mlr_buf_free(&e->tmp);
     mlr_buf_free(&e->sasl_buf);
+    mlr_buf_free(&e->chunk);
     mlr_reply_free(&e->rp);
     mlr_free(e->a, e, sizeof *e);
 }
@@ -437,9 +448,13 @@ static int build_mail(mlr_smtp *e, mlr_smtp_txn *t, int utf8)
         if (mlr_buf_addstr(b, num))
             return MLR_ERR_NOMEM;
     }
-    if ((e->caps.flags & MLR_CAP_8BITMIME) && (t->eightbit || utf8) &&
-        mlr_buf_addstr(b, " BODY=8BITMIME"))
+    if (t->binarymime) {
+        if (mlr_buf_addstr(b, " BODY=BINARYMIME"))
+            return MLR_ERR_NOMEM;
+    } else if ((e->caps.flags & MLR_CAP_8BITMIME) && (t->eightbit || utf8) &&
+               mlr_buf_addstr(b, " BODY=8BITMIME")) {
         return MLR_ERR_NOMEM;
+    }
     if (utf8 && mlr_buf_addstr(b, " SMTPUTF8"))
         return MLR_ERR_NOMEM;
     if (e->caps.flags & MLR_CAP_DSN) {
@@ -506,8 +521,42 @@ static int send_cmds(mlr_smtp *e, mlr_smtp_txn *t)
         if (expect(e, kind, t))
             return fatal(e, MLR_ERR_LIMIT, 0, NULL, 0, "too many pipelined commands");
         t->next_cmd++;
-    } while (pipelined && t->next_cmd <= t->nrcpt + 1);
+    } while (pipelined && t->next_cmd <= t->nrcpt + (t->bdat ? 0 : 1));
     return MLR_OK;
+}
+
+/* Does the last EHLO list this keyword (a line of its own, any case)? */
+static int ehlo_has(const mlr_smtp *e, const char *kw)
+{
+    size_t i = 0, n = e->ehlo.len, k = strlen(kw);
+    const char *t = e->ehlo.data;
+    while (t && i < n) {
+        size_t j = i, q;
+        while (j < n && t[j] != '\n')
+            j++;
+        if (j - i >= k && (j - i == k || t[i + k] == ' ')) {
+            for (q = 0; q < k; q++) {
+                char c = t[i + q];
+                if ((c >= 'a' && c <= 'z' ? c - 32 : c) != kw[q])
+                    break;
+            }
+            if (q == k && i > 0)   /* the first line is the greeting */
+                return 1;
+        }
+        i = j + 1;
+    }
+    return 0;
+}
+
+/* The recipients are answered and some accepted: start the BDAT body. */
+static void start_bdat(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    t->phase = P_BODY;
+    e->body = t;
+    e->ccol = 0;
+    e->ccr = 0;
+    mlr_buf_reset(&e->chunk);
+    e->step_id++;
 }
 
 /* Validate and start a queued transaction; 1 when its commands went out. */
@@ -547,6 +596,13 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
     }
     if (nonascii)
         t->utf8 = 1;
+    t->bdat = (e->caps.flags & MLR_CAP_CHUNKING) && !e->no_chunking;
+    if (t->binarymime && !(t->bdat && ehlo_has(e, "BINARYMIME"))) {
+        txn_reject(e, t, MLR_ERR_UNSUPPORTED,
+                   "the message is binary (BINARYMIME) but the server does not offer "
+                   "CHUNKING and BINARYMIME%s", e->no_chunking ? " (or chunking is off)" : "");
+        return 0;
+    }
     if (t->utf8 && !(e->caps.flags & MLR_CAP_SMTPUTF8)) {
         txn_reject(e, t, MLR_ERR_UNSUPPORTED,
                    "the message needs SMTPUTF8 (non-ASCII addresses) but the server does not offer it");
@@ -646,6 +702,8 @@ int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)
     t->phase = P_QUEUED;
     t->failed = t->mail_ok = t->dot_ignored = 0;
     t->next_cmd = t->replies = 0;
+    t->bdat = t->bdat_last = t->bdat_stopped = 0;
+    t->bdat_sent = t->bdat_replies = 0;
     t->naccepted = 0;
     t->body_sent = 0;
     memset(&t->status, 0, sizeof t->status);
@@ -957,6 +1015,13 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (t->naccepted == 0)
             all_rejected(t);
+        if (t->bdat) {   /* no DATA: the body follows once the recipients are known */
+            if (t->failed)
+                txn_finish(e, t);
+            else
+                start_bdat(e, t);
+            return;
+        }
         if (!pipelined) {
             if (t->failed)
                 txn_finish(e, t);
@@ -988,6 +1053,40 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         txn_fail_reply(e, t, r);
         txn_finish(e, t);
+        return;
+    case X_BDAT:
+        t->bdat_replies++;
+        if (cls == 3) {
+            fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to BDAT", r->code);
+            return;
+        }
+        if (!is_2xx(r->code)) {
+            txn_fail_reply(e, t, r);
+            if (!t->bdat_last && !t->bdat_stopped) {
+                /* RFC 3030 4.2: no further chunks; what is queued still goes */
+                t->bdat_stopped = 1;
+                if (e->body == t)
+                    e->body = NULL;
+                mlr_buf_reset(&e->chunk);
+                t->phase = P_DOT;
+                e->need_rset = 1;
+            }
+        }
+        if (t->bdat_replies == t->bdat_sent && (t->bdat_last || t->bdat_stopped)) {
+            if (!t->failed) {
+                memset(&t->status, 0, sizeof t->status);
+                t->status.code = r->code;
+                if (e->caps.flags & MLR_CAP_ENHANCED)
+                    memcpy(t->status.enhanced, r->enhanced, sizeof t->status.enhanced);
+                set_text(t->status.message, sizeof t->status.message, r->text, r->text_len);
+            }
+            txn_finish(e, t);
+            return;
+        }
+        if (!pipelined && !t->failed && !t->bdat_last) {
+            e->body = t;   /* one chunk per round trip: the next one */
+            e->step_id++;
+        }
         return;
     case X_DOT:
         if (cls == 3) {
@@ -1188,7 +1287,8 @@ int mlr_smtp_eof(mlr_smtp *e)
     }
     if (e->status.err)
         return e->status.err;
-    if (e->qlen && e->q[e->qhead].kind == X_DOT && !e->q[e->qhead].t->dot_ignored)
+    if (e->qlen && ((e->q[e->qhead].kind == X_DOT && !e->q[e->qhead].t->dot_ignored) ||
+                    (e->q[e->qhead].kind == X_BDAT && e->q[e->qhead].t->bdat_last)))
         return fatal(e, MLR_ERR_NETWORK, 1, NULL, 0,
                      "connection closed by the server before the reply to the final dot: "
                      "outcome unknown, the message may or may not have been delivered");
@@ -1217,24 +1317,158 @@ int mlr_smtp_tls_done(mlr_smtp *e)
 
 /* ---- output ---- */
 
-/* Refill the output with dot-stuffed body data, then the final dot. */
-static void fill_body(mlr_smtp *e)
+/* Move the unwritten output bytes to the front. */
+static void compact_out(mlr_smtp *e)
 {
-    mlr_smtp_txn *t = e->body;
-    if (e->out_pos) {  /* keep the unwritten bytes at the front */
+    if (e->out_pos) {
         memmove(e->out.data, e->out.data + e->out_pos, e->out.len - e->out_pos);
         e->out.len -= e->out_pos;
         e->out_pos = 0;
     }
+}
+
+/* A body source failed: fatal (no partial message may be delivered). */
+static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc)
+{
+    const char *why = t->read_error ? t->read_error(t->read_ud) : NULL;
+    fatal(e, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, 0, NULL, 0,
+          "reading the message failed during %s: %s; connection closed so that "
+          "no partial message is delivered", t->bdat ? "BDAT" : "DATA",
+          why && *why ? why : "source error");
+}
+
+/* BDAT: CRLF-normalise p[0..n) into the chunk (bare CR / LF become CRLF;
+ * NUL and overlong lines refused), or copy it as is for BINARYMIME. */
+static int bdat_add(mlr_smtp *e, mlr_smtp_txn *t, const uint8_t *p, size_t n)
+{
+    uint8_t *o;
+    size_t i, w = 0;
+    if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->chunk, 2 * n + 2))
+        return MLR_ERR_NOMEM;
+    o = (uint8_t *)e->chunk.data + e->chunk.len;
+    if (t->binarymime) {
+        memcpy(o, p, n);
+        e->chunk.len += n;
+        return MLR_OK;
+    }
+    for (i = 0; i < n; i++) {
+        uint8_t c = p[i];
+        if (e->ccr) {
+            e->ccr = 0;
+            o[w++] = '\r';
+            o[w++] = '\n';
+            e->ccol = 0;
+            if (c == '\n')
+                continue;
+        }
+        if (c == '\r') {
+            e->ccr = 1;
+        } else if (c == '\n') {
+            o[w++] = '\r';
+            o[w++] = '\n';
+            e->ccol = 0;
+        } else if (c == '\0' || (e->max_line && ++e->ccol > e->max_line)) {
+            e->chunk.len += w;
+            return MLR_ERR_INPUT;
+        } else {
+            o[w++] = c;
+        }
+    }
+    e->chunk.len += w;
+    return MLR_OK;
+}
+
+/* BDAT: put the chunk on the wire as "BDAT n[ LAST]" and its octets. */
+static int bdat_emit(mlr_smtp *e, mlr_smtp_txn *t, int last)
+{
+    char cmd[48];
+    snprintf(cmd, sizeof cmd, "BDAT %zu%s", e->chunk.len, last ? " LAST" : "");
+    if (add_line(e, cmd, strlen(cmd), NULL) ||
+        mlr_buf_add(&e->out, e->chunk.data ? e->chunk.data : "", e->chunk.len) ||
+        expect(e, X_BDAT, t))
+        return MLR_ERR_NOMEM;
+    mlr_buf_reset(&e->chunk);
+    t->bdat_sent++;
+    return MLR_OK;
+}
+
+/* Refill the output with BDAT chunks. A chunk goes out once it is full and
+ * more input is known to follow, so the last one always carries LAST. */
+static void fill_bdat(mlr_smtp *e)
+{
+    mlr_smtp_txn *t = e->body;
+    int pipelined = (e->caps.flags & MLR_CAP_PIPELINING) != 0;
+    compact_out(e);
+    while (e->body && e->out.len < BODY_BLOCK && !e->status.err) {
+        const uint8_t *p = NULL;
+        size_t n = 0;
+        int rc = t->read(t->read_ud, &p, &n), paused = 0;
+        if (rc < 0) {
+            read_failed(e, t, rc);
+            return;
+        }
+        if (rc == 0) {
+            if (!t->binarymime && (e->ccr || e->ccol > 0) &&
+                mlr_buf_add(&e->chunk, "\r\n", 2)) {
+                nomem(e);
+                return;
+            }
+            e->ccr = 0;
+            e->ccol = 0;
+            if (bdat_emit(e, t, 1)) {
+                nomem(e);
+                return;
+            }
+            t->bdat_last = 1;
+            t->phase = P_DOT;
+            e->body = NULL;
+            e->need_rset = 0;  /* LAST ends the transaction, whatever its reply */
+            e->step_id++;
+            pump(e);           /* with PIPELINING the next message's commands follow */
+            return;
+        }
+        if (e->chunk.len >= e->chunk_size) {
+            if (bdat_emit(e, t, 0)) {
+                nomem(e);
+                return;
+            }
+            paused = !pipelined;
+        }
+        rc = bdat_add(e, t, p, n);
+        if (rc == MLR_ERR_NOMEM) {
+            nomem(e);
+            return;
+        }
+        if (rc) {
+            fatal(e, MLR_ERR_INPUT, 0, NULL, 0,
+                  "the message has a NUL octet or a line longer than %zu octets; "
+                  "connection closed so that no partial message is delivered", e->max_line);
+            return;
+        }
+        t->body_sent += n;
+        e->step_id++;
+        if (paused) {   /* without PIPELINING: wait for this chunk's reply */
+            e->body = NULL;
+            return;
+        }
+    }
+}
+
+/* Refill the output with dot-stuffed body data, then the final dot. */
+static void fill_body(mlr_smtp *e)
+{
+    mlr_smtp_txn *t = e->body;
+    if (t->bdat) {
+        fill_bdat(e);
+        return;
+    }
+    compact_out(e);
     while (e->body && e->out.len < BODY_BLOCK && !e->status.err) {
         const uint8_t *p = NULL;
         size_t n = 0, w = 0;
         int rc = t->read(t->read_ud, &p, &n);
         if (rc < 0) {
-            const char *why = t->read_error ? t->read_error(t->read_ud) : NULL;
-            fatal(e, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, 0, NULL, 0,
-                  "reading the message failed during DATA: %s; connection closed so that "
-                  "no partial message is delivered", why && *why ? why : "source error");
+            read_failed(e, t, rc);
             return;
         }
         if (rc == 0) {
@@ -1368,7 +1602,8 @@ const char *mlr_smtp_step_name(const mlr_smtp *e)
         "the greeting", "the reply to EHLO", "the reply to HELO", "the reply to STARTTLS",
         "the reply to AUTH", "the reply to the AUTH cancellation", "the reply to RSET",
         "the reply to MAIL FROM", "the reply to RCPT TO", "the reply to DATA",
-        "the reply to the final dot", "the reply to NOOP", "the reply to RSET",
+        "the reply to the final dot", "the reply to BDAT", "the reply to NOOP",
+        "the reply to RSET",
         "the reply to QUIT"};
     if (e->state == ST_TLS_WAIT)
         return "the TLS handshake";

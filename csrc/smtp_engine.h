@@ -15,6 +15,11 @@
  * mlr_smtp_ready() tells when it is over. Messages are sent with
  * mlr_smtp_send(); several may be queued, and with PIPELINING the commands
  * of the next message go out right behind the previous final dot.
+ * When the server offers CHUNKING (RFC 3030) the body goes out as BDAT
+ * chunks instead of DATA: CRLF-normalised but not dot-stuffed, sent once
+ * the recipients are answered (so nothing of the body leaves when all are
+ * refused), all chunks pipelined when PIPELINING is offered, else one
+ * chunk per round trip.
  *
  * Errors are negative mlr_err values. A fatal error is sticky: every
  * outstanding transaction fails with it and the connection must be
@@ -74,6 +79,8 @@ typedef struct mlr_smtp_opts {
     const char *host;           /* server name and port (for OAUTHBEARER) */
     unsigned port;
     size_t max_line;            /* longest DATA line; 0 = 998, SIZE_MAX = none */
+    int no_chunking;            /* never BDAT, even when CHUNKING is offered */
+    size_t chunk_size;          /* BDAT chunk size; 0 = 1 MiB */
     mlr_smtp_trace_fn trace;
     void *trace_ud;
 } mlr_smtp_opts;
@@ -106,6 +113,8 @@ typedef struct mlr_smtp_txn {
     uint64_t size;               /* octets of the message, 0 = unknown */
     int utf8;                    /* headers need SMTPUTF8 (addresses are checked anyway) */
     int eightbit;                /* the body has 8-bit octets: BODY=8BITMIME */
+    int binarymime;              /* opt-in: BODY=BINARYMIME, body sent as is (needs
+                                    CHUNKING and BINARYMIME; else kind "unsupported") */
     const char *dsn_ret;         /* "FULL", "HDRS" or NULL */
     const char *dsn_envid;       /* NULL or an envelope id (xtext-encoded here) */
     size_t dsn_envid_len;
@@ -126,6 +135,8 @@ typedef struct mlr_smtp_txn {
     const mlr_alloc *a;
     int phase, failed, mail_ok, dot_ignored;
     size_t next_cmd, replies;
+    int bdat, bdat_last, bdat_stopped;   /* BDAT in use; LAST sent; stopped after a refusal */
+    size_t bdat_sent, bdat_replies;      /* chunks sent, replies to them */
 } mlr_smtp_txn;
 
 void mlr_smtp_txn_init(mlr_smtp_txn *t, const mlr_alloc *a);

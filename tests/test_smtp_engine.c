@@ -25,6 +25,7 @@ typedef struct msg {
     unsigned notify;
     const char *ret;
     int fail_read;     /* the reader fails after the first chunk */
+    int binary;        /* BINARYMIME opt-in */
 } tmsg;
 
 /* A transcript: steps "S:<server bytes>", "T" (TLS handshake done), "E"
@@ -135,6 +136,7 @@ static void run(const tcase *c, long split, int bytewise, size_t wstep, result *
         txn[i].size = m->size;
         txn[i].dsn_notify = m->notify;
         txn[i].dsn_ret = m->ret;
+        txn[i].binarymime = m->binary;
         rd[i].m = m;
         rd[i].off = 0;
         rd[i].calls = 0;
@@ -975,8 +977,198 @@ static void simple_commands(void)
     TAP_OK(!e && err == MLR_ERR_INPUT, "INJ-02 CR/LF in the helo name refused");
 }
 
+#define EHLO_CHUNK "S:250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
+
+/* CHUNKING / BDAT (RFC 3030). */
+static void bdat(void)
+{
+    {
+        tcase c = {
+            .name = "BDAT: pipelined, one LAST chunk, CRLF-normalised, not dot-stuffed",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK, "S:250 2.1.0 ok\r\n250 2.1.5 ok\r\n",
+                      "S:250 2.0.0 Ok: queued as B1\r\n", "S:221 bye\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"},
+                      .body = ".x\n.\r\nend", .chunk = 2}},
+            .quit = 1,
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 12 LAST\r\n.x\r\n.\r\nend\r\nQUIT\r\n",
+            .want_txn_code = {250},
+        };
+        result b;
+        check(&c, &b);
+        TAP_OK(strstr(b.txn_msg[0], "queued as B1") && strstr(b.trace.data, "C: BDAT 12 LAST\n"),
+               "BDAT: receipt from the LAST reply, BDAT line in the trace");
+        result_free(&b);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: pipelined chunks, sizes add up",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 8},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n",
+                      "S:250 2.0.0 c1\r\n250 2.0.0 c2\r\n250 2.0.0 c3\r\n250 2.0.0 c4\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"},
+                      .body = "0123456789abcdefghijklmnopqrstuv", .chunk = 5}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 10\r\n0123456789BDAT 10\r\nabcdefghijBDAT 10\r\nklmnopqrst"
+                             "BDAT 4 LAST\r\nuv\r\n",
+            .want_txn_code = {250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: no PIPELINING, one chunk per round trip",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 4},
+            .steps = {GREET, "S:250-mx\r\n250 CHUNKING\r\n", "S:250 ok\r\n", "S:250 ok\r\n",
+                      "S:250 c1\r\n", "S:250 c2\r\n", "S:250 done\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "abcdefghij",
+                      .chunk = 4}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 4\r\nabcdBDAT 4\r\nefghBDAT 4 LAST\r\nij\r\n",
+            .want_txn_code = {250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: send_many, next MAIL right behind BDAT LAST",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n",
+                      "S:250 q1\r\n250 ok\r\n250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "one\r\n"},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 5 LAST\r\none\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                             "BDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_code = {250, 250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: all recipients refused, no body sent, RSET before the next",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n550 5.1.1 no\r\n",
+                      "S:250 reset\r\n250 ok\r\n250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"x@example.com"}, .body = "secret\r\n"},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.com>\r\n"
+                             "RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                             "BDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_SMTP, 0},
+            .want_txn_code = {550, 250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: a refused chunk stops the body; later replies drained; RSET",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 4},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n",
+                      "S:552 5.3.4 too big\r\n", "S:503 5.5.1 no transaction\r\n",
+                      "S:250 reset\r\n250 ok\r\n250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"},
+                      .body = "aaaabbbbccccddddeeee", .chunk = 4},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 4\r\naaaaBDAT 4\r\nbbbbBDAT 4\r\nccccBDAT 4\r\nddddBDAT 6 LAST\r\neeee\r\n"
+                             "MAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n",
+            .want_txn_err = {MLR_ERR_SMTP, 0},
+            .want_txn_code = {552, 0},
+        };
+        result b;
+        run(&c, -1, 0, 0, &b);
+        /* the whole small body is queued before the refusal arrives: what
+         * matters is the outcome and that the session stays usable */
+        TAP_OK(b.txn_err[0] == MLR_ERR_SMTP && b.txn_code[0] == 552 && b.err == 0,
+               "BDAT: refused chunk fails the message (%d %s)", b.txn_code[0], b.txn_msg[0]);
+        result_free(&b);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: refusal without PIPELINING, no further chunk, RSET before the next",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 4},
+            .steps = {GREET, "S:250-mx\r\n250 CHUNKING\r\n", "S:250 ok\r\n", "S:250 ok\r\n",
+                      "S:552 5.3.4 too big\r\n", "S:250 reset\r\n", "S:250 ok\r\n",
+                      "S:250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"},
+                      .body = "aaaabbbbccccddddeeee", .chunk = 4},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 4\r\naaaaRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                             "BDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_SMTP, 0},
+            .want_txn_code = {552, 250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: connection dropped after LAST, outcome unknown",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n", "E"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "x\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 3 LAST\r\nx\r\n",
+            .want_err = MLR_ERR_NETWORK,
+            .want_txn_err = {MLR_ERR_NETWORK},
+            .want_temporary = {1},
+            .want_msg_sub = "outcome unknown",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "CHUNKING switched off: DATA",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .no_chunking = 1},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n354 go\r\n", "S:250 q\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = ".x\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                             "..x\r\n.\r\n",
+            .want_txn_code = {250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BINARYMIME opt-in without the extension: unsupported, nothing sent",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK, "S:221 bye\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "x", .binary = 1}},
+            .quit = 1,
+            .client = C_EHLO "QUIT\r\n",
+            .want_txn_err = {MLR_ERR_UNSUPPORTED},
+        };
+        check1(&c);
+    }
+    {
+        static const char body[] = "bin\0\n\r.\r\nx";
+        tcase c = {
+            .name = "BINARYMIME: BODY=BINARYMIME, octets sent as they are",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, "S:250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n250 BINARYMIME\r\n",
+                      "S:250 ok\r\n250 ok\r\n", "S:250 q\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = body,
+                      .body_len = sizeof body - 1, .binary = 1}},
+            .want_txn_code = {250},
+        };
+        static const char want[] = "EHLO client.example\r\nMAIL FROM:<a@example.com> BODY=BINARYMIME\r\n"
+                                   "RCPT TO:<b@example.com>\r\nBDAT 10 LAST\r\nbin\0\n\r.\r\nx";
+        result b;
+        run(&c, -1, 0, 0, &b);
+        if (b.client.len != sizeof want - 1 || memcmp(b.client.data, want, sizeof want - 1))
+            show("got", b.client.data, b.client.len);
+        TAP_OK(b.client.len == sizeof want - 1 && !memcmp(b.client.data, want, sizeof want - 1) &&
+                   b.txn_code[0] == 250,
+               "BINARYMIME: exact octets (NUL, bare LF and CR kept, no final CRLF added)");
+        result_free(&b);
+    }
+}
+
 int main(void)
 {
+    bdat();
     happy_paths();
     starttls_and_auth();
     faults();
