@@ -129,7 +129,7 @@ describe("mailer command", function()
     local inner = ENV .. compat.lua .. " bin/mailer send --from ann@example.com --to bob@example.com --text x" ..
       " --attach " .. big .. " --server smtp://127.0.0.1:" .. srv.port .. " --security none >/dev/null"
     -- script(1) gives the command a pseudo-terminal on stdin/stdout/stderr
-    local ok = compat.execute("script -qec " .. q(inner) .. " " .. log .. " >/dev/null 2>&1")
+    local ok = compat.execute("env -u LD_PRELOAD -u ASAN_OPTIONS script -qec " .. q(inner) .. " " .. log .. " >/dev/null 2>&1")
     assert.truthy(ok)
     local f = io.open(log, "rb")
     local typed = f:read("*a")
