@@ -324,6 +324,7 @@ static int l_connect(lua_State *L)
     eo.password = opt_str(L, 1, "password", &eo.password_len);
     eo.token = opt_str(L, 1, "token", &eo.token_len);
     eo.allow_plaintext_auth = opt_bool(L, 1, "allow_plaintext_auth", 0);
+    eo.no_chunking = !opt_bool(L, 1, "chunking", 1);
     eo.host = co.tls.servername ? co.tls.servername : co.host;
     eo.port = co.port;
     lua_getfield(L, 1, "auth");
@@ -502,7 +503,16 @@ static void parse_dsn(lua_State *L, int o, mlr_smtp_txn *t)
 static int slot_setup(lua_State *L, lsend *ls, slot *s, int si, int mi, int oi, int index)
 {
     mlr_msg *m = mlr_lua_msg_use(L, mi);   /* raises on misuse: nothing held yet */
+    const mlr_dkim *dk = NULL;
     size_t i, n;
+    if (oi) {   /* a per-send signer (core.dkim_signer), alive in the options */
+        mlr_dkim **ud;
+        lua_getfield(L, oi, "dkim");
+        ud = luaL_testudata(L, -1, "mailer.DkimSigner");
+        if (ud)
+            dk = *ud;
+        lua_pop(L, 1);
+    }
     memset(s, 0, sizeof *s);
     mlr_smtp_txn_init(&s->txn, &ls->alloc);
     s->index = index;
@@ -570,13 +580,13 @@ static int slot_setup(lua_State *L, lsend *ls, slot *s, int si, int mi, int oi, 
     s->txn.rcpt = s->rcpt;
     s->txn.rcpt_len = s->rcpt_len;
     s->txn.nrcpt = n;
-    s->total = mlr_msg_size(m);
+    s->total = mlr_msg_size_dkim(m, dk);
     s->txn.size = s->total;
     s->txn.utf8 = mlr_msg_needs_smtputf8(m);
     s->txn.eightbit = s->txn.utf8;
     if (oi)
         parse_dsn(L, oi, &s->txn);
-    s->r = mlr_render_new(m);
+    s->r = mlr_render_new_dkim(m, dk);
     if (!s->r)
         luaL_error(L, "out of memory");
     s->txn.read = read_render;
@@ -1018,6 +1028,7 @@ static int l_engine(lua_State *L)
     eo.password = opt_str(L, 1, "password", &eo.password_len);
     eo.token = opt_str(L, 1, "token", &eo.token_len);
     eo.allow_plaintext_auth = opt_bool(L, 1, "allow_plaintext_auth", 0);
+    eo.no_chunking = !opt_bool(L, 1, "chunking", 1);
     lua_getfield(L, 1, "auth");
     if (lua_istable(L, -1)) {
         size_t i, n = lua_rawlen(L, -1);

@@ -44,7 +44,7 @@ local tls_fields = { verify = "boolean", cafile = "string", capath = "string", s
 local connect_fields = {
   host = true, port = true, security = true, username = true, password = true, token = true,
   auth = true, helo = true, timeout = true, tls = true, allow_plaintext_auth = true, trace = true,
-  socket = true,
+  socket = true, chunking = true,
 }
 
 -- Is v a mailer.Message?
@@ -75,6 +75,7 @@ function M.connect(opts)
   check_type(F, opts, "tls", "table")
   check_type(F, opts, "allow_plaintext_auth", "boolean")
   check_type(F, opts, "trace", "function")
+  check_type(F, opts, "chunking", "boolean")
   if opts.host == nil then
     error("bad argument #1 to 'connect' (host: string expected, got nil)", 3)
   end
@@ -85,6 +86,7 @@ function M.connect(opts)
   local c = {
     host = opts.host, helo = opts.helo, username = opts.username, password = opts.password,
     allow_plaintext_auth = opts.allow_plaintext_auth, trace = opts.trace,
+    chunking = opts.chunking,
   }
   if opts.host == "" or opts.host:find("[%z\r\n ]") then
     return input_error("host", "not a valid host name")
@@ -164,7 +166,16 @@ local function send_options(fname, opts)
   check_type(fname, opts, "envelope", "table")
   check_type(fname, opts, "progress", "function")
   check_type(fname, opts, "dsn", "table")
+  check_type(fname, opts, "dkim", "table")
   local c = { progress = opts.progress }
+  if opts.dkim then   -- sign with this instead of the message's own signer
+    local spec, err = require("mailer").dkim_spec(opts.dkim, "dkim")
+    if not spec then return nil, err end
+    local signer
+    signer, err = core.dkim_signer(spec)
+    if not signer then return nil, err end
+    c.dkim = signer
+  end
   if opts.envelope then
     local env = opts.envelope
     if env.from ~= nil and type(env.from) ~= "string" then

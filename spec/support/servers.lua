@@ -433,7 +433,8 @@ Smtpd.__index = Smtpd
 --   auth = { user =, password =, mechanisms = {...} } | nil, auth_require_tls = true,
 --   auth_required = false, smtputf8 = true, size = nil|N|0,
 --   extensions = { "PIPELINING" }, reject_rcpt = { addr | [addr] = reply },
---   data_reply = nil, hostname = nil, start_timeout = 20 }
+--   data_reply = nil, hostname = nil, start_timeout = 20,
+--   scram_fault = nil|"wrong_signature"|"no_signature" }
 function M.aiosmtpd(opts)
   opts = opts or {}
   local ca = M.ca()
@@ -465,6 +466,7 @@ function M.aiosmtpd(opts)
     extensions = opts.extensions or { "PIPELINING" },
     reject_rcpt = reject,
     data_reply = opts.data_reply,
+    scram_fault = opts.scram_fault,
     hostname = opts.hostname,
     idle_timeout = opts.idle_timeout,
   }

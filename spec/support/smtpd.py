@@ -15,7 +15,10 @@ auth_require_tls (default true), auth_required (MAIL needs AUTH), smtputf8
 (default true), size (null: aiosmtpd's default; 0: no SIZE, no limit),
 extensions (extra EHLO keywords, default ["PIPELINING"]; "DSN" also makes
 RET/ENVID/NOTIFY/ORCPT acceptable), reject_rcpt ({address: reply} or list),
-data_reply, hostname, record, connections, parent_pid, max_lifetime.
+data_reply, hostname, record, connections, parent_pid, max_lifetime,
+scram_fault (null; "wrong_signature": send a wrong SCRAM server signature,
+then 235 whatever the client answers; "no_signature": 235 right after the
+client's proof, without the server signature).
 
 Every accepted message is appended to the record file as one JSON line:
   n, connection, mail_from, rcpt_tos, mail_options, rcpt_options,
@@ -306,6 +309,14 @@ class Handler:
         server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
         verifier = b"v=" + base64.b64encode(
             hmac.new(server_key, auth_message, hashlib.sha256).digest())
+        fault = self.cfg.get("scram_fault")
+        if fault == "no_signature":   # an impostor that skips the proof of knowledge
+            return self._authenticated(server.session, "SCRAM-SHA-256", user.decode("utf-8", "replace"))
+        if fault == "wrong_signature":
+            verifier = b"v=" + base64.b64encode(bytes(32))
+            await server.push("334 " + base64.b64encode(verifier).decode("ascii"))
+            await server._reader.readline()   # "*" or anything: 235 regardless
+            return self._authenticated(server.session, "SCRAM-SHA-256", user.decode("utf-8", "replace"))
         ack = await server.challenge_auth(verifier)
         if ack is MISSING:
             return AuthResult(success=False, handled=True)
