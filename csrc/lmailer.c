@@ -22,7 +22,7 @@
 #define ERROR_MT "mailer.Error"
 #define DEFAULT_CHUNK 65536
 
-#if LUA_VERSION_NUM < 502
+#ifdef MLR_COMPAT_AUXLIB
 void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     luaL_checkstack(L, nup + 1, "too many upvalues");
@@ -36,7 +36,7 @@ void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
     lua_pop(L, nup);
 }
 
-void *luaL_testudata(lua_State *L, int idx, const char *tname)
+void *mlr_compat_testudata(lua_State *L, int idx, const char *tname)
 {
     void *p = lua_touserdata(L, idx);
     if (p && lua_getmetatable(L, idx)) {

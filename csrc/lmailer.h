@@ -12,10 +12,17 @@
 /* Lua 5.1 / LuaJIT compatibility shims. */
 #if LUA_VERSION_NUM < 502
 #define lua_rawlen lua_objlen
+/* LuaJIT 2.1 already has luaL_setfuncs, luaL_testudata and luaL_newlib
+ * (its lauxlib.h defines luaL_newlibtable along with them); Lua 5.1 has
+ * none of the three, so the binding brings its own under private names. */
+#ifndef luaL_newlibtable
+#define MLR_COMPAT_AUXLIB 1
 #define luaL_setfuncs(L, l, n) mlr_compat_setfuncs(L, l, n)
 void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup);
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
-void *luaL_testudata(lua_State *L, int idx, const char *tname);
+#define luaL_testudata(L, idx, tname) mlr_compat_testudata(L, idx, tname)
+void *mlr_compat_testudata(lua_State *L, int idx, const char *tname);
+#endif
 #endif
 #if LUA_VERSION_NUM < 504
 #define lua_newuserdatauv(L, sz, nuv) lua_newuserdata(L, sz)

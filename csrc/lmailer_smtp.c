@@ -1012,7 +1012,7 @@ static int l_engine(lua_State *L)
     mlr_smtp_opts eo;
     const char *sec;
     int err;
-    char errmsg[200];
+    char errmsg[200], hostname[256];
     luaL_checktype(L, 1, LUA_TTABLE);
     memset(&eo, 0, sizeof eo);
     sec = opt_str(L, 1, "security", NULL);
@@ -1023,6 +1023,10 @@ static int l_engine(lua_State *L)
                   : !strcmp(sec, "starttls-optional") ? MLR_SEC_STARTTLS_OPTIONAL
                   : !strcmp(sec, "none") ? MLR_SEC_NONE : MLR_SEC_STARTTLS;
     eo.helo = opt_str(L, 1, "helo", NULL);
+    if (!eo.helo && gethostname(hostname, sizeof hostname) == 0 && hostname[0]) {
+        hostname[sizeof hostname - 1] = '\0';
+        eo.helo = hostname;   /* copied by mlr_smtp_new, as smtp_connect does */
+    }
     eo.host = opt_str(L, 1, "host", NULL);
     eo.username = opt_str(L, 1, "username", &eo.username_len);
     eo.password = opt_str(L, 1, "password", &eo.password_len);
@@ -1252,6 +1256,19 @@ static int e_cmd_result(lua_State *L)
     return 1;
 }
 
+/* eng:set_trace(fn | nil): the trace callback from now on (a pooled
+ * engine serves a later request, which brings its own). */
+static int e_set_trace(lua_State *L)
+{
+    lconn *lc = check_engine(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    lc->has_trace = lua_isfunction(L, 2);
+    uv_set(L, SELF, "trace");
+    return 0;
+}
+
 /* __gc / eng:close(): free the engine (idempotent). */
 static int e_close(lua_State *L)
 {
@@ -1269,7 +1286,7 @@ static const luaL_Reg engine_methods[] = {
     {"fail", e_fail},       {"status", e_status},   {"capabilities", e_caps},
     {"queue", e_queue},     {"result", e_result},   {"noop", e_noop},
     {"rset", e_rset},       {"quit", e_quit},       {"cmd_result", e_cmd_result},
-    {"close", e_close},     {NULL, NULL}};
+    {"set_trace", e_set_trace}, {"close", e_close},  {NULL, NULL}};
 
 static const luaL_Reg conn_methods[] = {
     {"_send", l_send},

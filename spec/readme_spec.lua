@@ -5,9 +5,10 @@
 -- alice/secret, nobody@example.com refused); blocks marked ```lua norun
 -- need a real provider and are only compiled.
 local servers = require "support.servers"
+local compat = require "support.compat"
 local function blocks()
   local f = assert(io.open("README.md"))
-  local text = f:read("a")
+  local text = f:read("*a")
   f:close()
   local out = {}
   for tag, code in text:gmatch("```lua([^\n]*)\n(.-)```") do
@@ -31,13 +32,13 @@ describe("README examples", function()
     local code = block.code
     it("block " .. i .. (block.run and " runs and prints what it says" or " compiles"), function()
       if not block.run then
-        assert(load(code, "README block " .. i, "t", {}))
+        assert(compat.load(code, "README block " .. i, {}))
         return
       end
       local printed = {}
       local env = setmetatable({
         print = function(...)
-          local t = table.pack(...)
+          local t = compat.pack(...)
           for k = 1, t.n do t[k] = tostring(t[k]) end
           printed[#printed + 1] = table.concat(t, "\t")
         end,
@@ -61,7 +62,7 @@ describe("README examples", function()
           ('host = "localhost", port = %d, security = "starttls", tls = { cafile = %q },'):format(srv.port, srv.cafile))
         assert.is_true(n > 0, "an smtp.example.com example the spec cannot redirect")
       end
-      local chunk = assert(load(code, "README block " .. i, "t", env))
+      local chunk = assert(compat.load(code, "README block " .. i, env))
       chunk()
       local k = 0
       for line in code:gmatch("[^\n]+") do

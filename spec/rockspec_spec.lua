@@ -1,8 +1,12 @@
 -- The rockspec must build every C file and install every Lua module of the
 -- tree; this keeps it from drifting as files are added.
+local compat = require "support.compat"
+
 describe("rockspec", function()
   local env = {}
-  local chunk = assert(loadfile("rockspec/mailer-scm-1.rockspec", "t", env))
+  local f = assert(io.open("rockspec/mailer-scm-1.rockspec", "rb"))
+  local chunk = assert(compat.load(f:read("*a"), "rockspec", env))
+  f:close()
   chunk()
 
   it("lists every csrc/*.c file in mailer.core", function()

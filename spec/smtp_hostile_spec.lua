@@ -5,6 +5,7 @@
 -- what the client put on the wire.
 local mailer = require "mailer"
 local servers = require "support.servers"
+local compat = require "support.compat"
 
 local GREET = { send = "220 mx.test ESMTP\r\n" }
 local function ehlo(caps) return { { expect = "EHLO" }, { send = caps } } end
@@ -273,7 +274,7 @@ describe("smtp against hostile servers", function()
                   { expect_data = true }, { send = "421 busy\r\n" } } },
     } do
       it("reports 421 at " .. case[1] .. " as temporary and closes the connection", function()
-        local s = script(nopipe, table.unpack(case[2]))
+        local s = script(nopipe, compat.unpack(case[2]))
         s[#s + 1] = { read_all = true }
         local h = servers.hostile(s)
         local c = assert(connect(h))

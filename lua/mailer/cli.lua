@@ -88,7 +88,7 @@ local function read_file(path, what)
     f, err = io.open(path, "rb")
     if not f then return nil, what .. ": " .. err end
   end
-  local s = f:read("a")
+  local s = f:read("*a")
   if f ~= io.stdin then f:close() end
   return s
 end
@@ -120,7 +120,7 @@ local function prompt_password(user)
   tty:write("Password for ", user, ": ")
   tty:flush()
   os.execute("stty -echo < /dev/tty 2>/dev/null")
-  local pw = tty:read("l")
+  local pw = tty:read("*l")
   os.execute("stty echo < /dev/tty 2>/dev/null")
   tty:write("\n")
   tty:close()

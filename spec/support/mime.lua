@@ -25,7 +25,7 @@ function M.parse_many(raws)
   for i, f in ipairs(files) do quoted[i] = shell_quote(f) end
   local p = assert(io.popen(PY .. " " .. shell_quote(here .. "/parse.py") .. " " ..
     table.concat(quoted, " ")))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   for _, f in ipairs(files) do os.remove(f) end
   local res, _, err = json.decode(out, 1, json.null)
