@@ -236,13 +236,19 @@ describe("DKIM", function()
       local hwm = io.open("/proc/self/status"):read("a"):match("VmHWM:%%s*(%%d+)")
       print(("RSS_KB %%d SIGNED_S %%.3f PLAIN_S %%.3f"):format(tonumber(hwm), t1 - t0, t2 - t1))
     ]]):format(big, keys.rsa, out, big))
-    local res = run("LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath) ..
-                    " lua5.4 " .. sh_quote(script))
+    -- the child keeps this process's environment (under ASan: the runtime
+    -- preloaded for the instrumented module)
+    local p = assert(io.popen("LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath) ..
+                              " lua5.4 " .. sh_quote(script) .. " 2>&1"))
+    local res = p:read("a")
+    p:close()
     local rss, signed, plain = res:match("RSS_KB (%d+) SIGNED_S ([%d.]+) PLAIN_S ([%d.]+)")
     assert(rss, res)
     print(("# DKIM, %d MiB file attachment: peak RSS %.1f MiB; signed render %.2f s, unsigned %.2f s"):format(
       mib, tonumber(rss) / 1024, tonumber(signed), tonumber(plain)))
-    assert.is_true(tonumber(rss) < 40 * 1024, "peak RSS " .. rss .. " KiB")
+    if not under_asan then   -- ASan's shadow memory and quarantine inflate RSS
+      assert.is_true(tonumber(rss) < 40 * 1024, "peak RSS " .. rss .. " KiB")
+    end
     local v = verify { { key = keys.rsa, path = out } }
     assert.is_true(v[1].python)
     assert.are.equal("pass", v[1].opendkim)
