@@ -351,8 +351,8 @@ static int scram_client_final(mlr_sasl *s, const uint8_t *ch, size_t n, mlr_buf 
     }
     if (iter < SCRAM_MIN_ITER || iter > SCRAM_MAX_ITER) {
         snprintf(s->errmsg, sizeof s->errmsg,
-                 "SCRAM iteration count %.9s refused (accepted: %d to %d)", it, SCRAM_MIN_ITER,
-                 SCRAM_MAX_ITER);
+                 "SCRAM iteration count %.*s refused (accepted: %d to %d)", (int)il, it,
+                 SCRAM_MIN_ITER, SCRAM_MAX_ITER); /* it is not NUL-terminated */
         return MLR_ERR_AUTH;
     }
     saltlen = mlr_sasl_b64_decode(salt64, sl, salt);

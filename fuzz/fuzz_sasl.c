@@ -9,6 +9,22 @@
 #include "auth.h"
 #include "fuzz_util.h"
 
+/* A SCRAM server-first message asking for more than 100000 PBKDF2
+ * rounds: accepted up to the engine's cap by design (costly, not a bug),
+ * skipped here so that it does not read as a timeout. */
+static int slow_scram(const uint8_t *c, size_t n)
+{
+    long at = fz_find(c, n, ",i=", 3);
+    size_t i, digits = 0;
+    if (at < 0)
+        return 0;
+    for (i = (size_t)at + 3; i < n && c[i] >= '0' && c[i] <= '9'; i++)
+        digits++;
+    if (digits > 5)
+        return 1;
+    return digits == 5 && c[at + 3] > '1';
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fz_in in = {data, size};
@@ -47,12 +63,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     s.secret_len = 6;
     s.host = "smtp.example.com";
     s.port = 587;
+    s.nonce = "fyko+d2lbbFgONRv9qkxdawL"; /* fixed, so server nonces can extend it */
     if (mlr_sasl_check(&s) == MLR_OK) {
         rc = mlr_sasl_initial(&s, &out);
-        /* SCRAM-SHA-256 is not implemented: refused, never chosen */
-        FZ_ASSERT(rc == 0 || rc == 1 || (rc == MLR_ERR_AUTH && s.mech == MLR_MECH_SCRAM_SHA_256));
+        FZ_ASSERT(rc == 0 || rc == 1);
         for (round = 0; round < 6 && in.n; round++) {
             n = fz_take(&in, 300, &ch);
+            if (s.mech == MLR_MECH_SCRAM_SHA_256 && slow_scram(ch, n))
+                break;
             mlr_buf_reset(&out);
             rc = mlr_sasl_step(&s, ch, n, &out);
             FZ_ASSERT(rc == MLR_OK || rc == MLR_ERR_AUTH);
@@ -62,6 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         FZ_ASSERTF(round < 6, "a mechanism answered six challenges");
     }
+    mlr_sasl_clear(&s);
     mlr_buf_free(&out);
     fz_heap_check_empty(&h);
     return 0;

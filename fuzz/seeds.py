@@ -126,3 +126,6 @@ put("sasl", "cram", b"\x02" + u16s(b"PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UuZXhhbXB
     u16s(b"<1896.697170952@postoffice.example.net>") + u16s(b"again"))
 put("sasl", "login", b"\x01" + u16s(b"VXNlcm5hbWU6") + u16s(b"Username:") + u16s(b"Password:") + u16s(b"more"))
 put("sasl", "oauth_error", b"\x04" + u16s(b"eyJzdGF0dXMiOiI0MDEifQ==") + u16s(b'{"status":"401"}') + u16s(b""))
+put("sasl", "scram", b"\x05" + u16s(b"") +
+    u16s(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096") +
+    u16s(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="))
