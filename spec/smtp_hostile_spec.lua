@@ -6,6 +6,7 @@
 local mailer = require "mailer"
 local servers = require "support.servers"
 local compat = require "support.compat"
+local transports = require "support.transports"
 
 local GREET = { send = "220 mx.test ESMTP\r\n" }
 local function ehlo(caps) return { { expect = "EHLO" }, { send = caps } } end
@@ -23,13 +24,18 @@ local function msg()
                                  subject = "s", text = "body" })
 end
 
-local function connect(h, t)
+local function connect_with(tr, h, t)
   local o = { host = "127.0.0.1", port = h.port, security = "none", timeout = 5, helo = "client.test" }
   for k, v in pairs(t or {}) do o[k] = v end
-  return mailer.connect(o)
+  return tr.connect(o)
 end
 
-describe("smtp against hostile servers", function()
+-- The same spec bodies run over the C transport and over the cosocket
+-- driver (the loop body keeps its old indentation).
+for _, tr in ipairs(transports.list()) do
+local function connect(h, t) return connect_with(tr, h, t) end
+
+describe("smtp against hostile servers (" .. tr.name .. ")", function()
   local ca
   setup(function() ca = servers.ca() end)
   teardown(function() servers.stop_all() end)
@@ -122,7 +128,7 @@ describe("smtp against hostile servers", function()
     } do
       it("rejects a " .. case.cert .. " certificate with implicit TLS", function()
         local s = servers.aiosmtpd { tls = "implicit", cert = case.cert }
-        local c, err = mailer.connect { host = "localhost", port = s.port, security = "tls", timeout = 5,
+        local c, err = tr.connect { host = "localhost", port = s.port, security = "tls", timeout = 5,
                                         tls = { cafile = s.cafile or ca.cafile } }
         assert.is_nil(c)
         assert.are.equal("tls", err.kind)
@@ -144,7 +150,7 @@ describe("smtp against hostile servers", function()
 
     it("accepts a bad certificate only with tls.verify = false", function()
       local s = servers.aiosmtpd { tls = "implicit", cert = "self-signed" }
-      local c, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+      local c, err = tr.connect { host = "localhost", port = s.port, security = "tls",
                                       tls = { verify = false } }
       assert.is_nil(err)
       c:close()
@@ -366,3 +372,4 @@ describe("smtp against hostile servers", function()
     end)
   end)
 end)
+end

@@ -7,6 +7,7 @@ local mailer = require "mailer"
 local servers = require "support.servers"
 local mime = require "support.mime"
 local compat = require "support.compat"
+local transports = require "support.transports"
 
 local function msg_table(t)
   local m = { from = "alice@example.com", to = { "bob@example.com", "carol@example.com" },
@@ -25,14 +26,17 @@ local function assert_delivered(rec, msg)
   return p
 end
 
-describe("smtp against aiosmtpd", function()
+-- The same spec bodies run over the C transport and over the cosocket
+-- driver (the loop body keeps its old indentation).
+for _, tr in ipairs(transports.list()) do
+describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
   local ca
   setup(function() ca = servers.ca() end)
   teardown(function() servers.stop_all() end)
 
   it("sends over plain SMTP and returns a receipt", function()
     local s = servers.aiosmtpd {}
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none", helo = "client.test" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none", helo = "client.test" })
     assert.is_table(conn.capabilities)
     assert.is_number(conn.capabilities.SIZE)
     local msg = assert(mailer.message(msg_table()))
@@ -55,7 +59,7 @@ describe("smtp against aiosmtpd", function()
     local s = servers.aiosmtpd { tls = "starttls", cert = "good", auth = { user = "u", password = "p w" },
                                  auth_require_tls = true }
     local lines = {}
-    local conn, err = mailer.connect { host = "localhost", port = s.port, security = "starttls",
+    local conn, err = tr.connect { host = "localhost", port = s.port, security = "starttls",
       username = "u", password = "p w", tls = { cafile = s.cafile or ca.cafile },
       trace = function(dir, line) lines[#lines + 1] = dir .. ": " .. line end }
     assert.is_nil(err)
@@ -79,7 +83,7 @@ describe("smtp against aiosmtpd", function()
   for _, mech in ipairs { "plain", "login" } do
     it("authenticates with AUTH " .. mech .. " over implicit TLS", function()
       local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
-      local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+      local conn, err = tr.connect { host = "localhost", port = s.port, security = "tls",
         username = "user", password = "secret", auth = mech, tls = { cafile = s.cafile or ca.cafile } }
       assert.is_nil(err)
       assert.is_truthy(conn)
@@ -95,7 +99,7 @@ describe("smtp against aiosmtpd", function()
     it("authenticates with AUTH " .. mech .. " and a token function", function()
       local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "tok123" } }
       local calls, lines = 0, {}
-      local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+      local conn, err = tr.connect { host = "localhost", port = s.port, security = "tls",
         username = "user", token = function() calls = calls + 1; return "tok123" end, auth = mech,
         tls = { cafile = s.cafile or ca.cafile },
         trace = function(dir, line) lines[#lines + 1] = line end }
@@ -111,7 +115,7 @@ describe("smtp against aiosmtpd", function()
 
   it("reports a wrong password as an auth error", function()
     local s = servers.aiosmtpd { tls = "implicit", cert = "good", auth = { user = "user", password = "secret" } }
-    local conn, err = mailer.connect { host = "localhost", port = s.port, security = "tls",
+    local conn, err = tr.connect { host = "localhost", port = s.port, security = "tls",
       username = "user", password = "wrong", auth = "plain", tls = { cafile = s.cafile or ca.cafile } }
     assert.is_nil(conn)
     assert.are.equal("auth", err.kind)
@@ -121,7 +125,7 @@ describe("smtp against aiosmtpd", function()
 
   it("sends many messages over one connection with send_many", function()
     local s = servers.aiosmtpd {}
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     local list, msgs = {}, {}
     for i = 1, 5 do
       msgs[i] = assert(mailer.message(msg_table { subject = "n" .. i, to = "r" .. i .. "@example.com" }))
@@ -145,7 +149,7 @@ describe("smtp against aiosmtpd", function()
 
   it("reports progress and honours an explicit envelope", function()
     local s = servers.aiosmtpd {}
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     local big = string.rep("0123456789abcdef", 65536)   -- 1 MiB attachment
     local msg = assert(mailer.message(msg_table { attachments = { { data = big, filename = "big.bin" } } }))
     local calls, last, total = 0, 0, nil
@@ -165,7 +169,7 @@ describe("smtp against aiosmtpd", function()
 
   it("uses SMTPUTF8 for non-ASCII addresses when offered", function()
     local s = servers.aiosmtpd { smtputf8 = true }
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     local msg, merr = mailer.message(msg_table { to = "jörg@exämple.com" })
     assert(msg, tostring(merr))
     local receipt, err = conn:send(msg)
@@ -179,7 +183,7 @@ describe("smtp against aiosmtpd", function()
 
   it("refuses a message larger than the advertised SIZE before MAIL", function()
     local s = servers.aiosmtpd { size = 1000 }
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     local msg = assert(mailer.message(msg_table { text = string.rep("x", 5000) }))
     local r, err = conn:send(msg)
     assert.is_nil(r)
@@ -191,7 +195,7 @@ describe("smtp against aiosmtpd", function()
 
   it("mailer.send connects, sends and quits", function()
     local s = servers.aiosmtpd {}
-    local receipt, err = mailer.send(msg_table(), { host = s.host, port = s.port, security = "none" })
+    local receipt, err = tr.send(msg_table(), { host = s.host, port = s.port, security = "none" })
     assert.is_nil(err)
     assert.are.equal(250, receipt.code)
     assert.are.equal(1, #s:wait_messages(1, 5))
@@ -199,7 +203,7 @@ describe("smtp against aiosmtpd", function()
 
   it("closes idempotently; use after close raises; __close works", function()
     local s = servers.aiosmtpd {}
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     assert.is_true(conn:noop())
     assert.is_true(conn:reset())
     conn:close()
@@ -207,24 +211,24 @@ describe("smtp against aiosmtpd", function()
     assert.has_error(function() conn:noop() end, "attempt to use a closed connection")
     if compat.has_close then   -- `local x <close>` is Lua 5.4 syntax
       local chunk = assert(compat.load([[
-        local mailer, s = ...
+        local tr, s = ...
         do
-          local c <close> = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+          local c <close> = assert(tr.connect { host = s.host, port = s.port, security = "none" })
           assert(c:noop())
         end
       ]], "close scope"))
-      chunk(mailer, s)
+      chunk(tr, s)
     end
-    assert.matches("open", tostring(assert(mailer.connect { host = s.host, port = s.port, security = "none" })))
+    assert.matches("open", tostring(assert(tr.connect { host = s.host, port = s.port, security = "none" })))
   end)
 
   it("raises errors from the trace callback after closing the connection", function()
     local s = servers.aiosmtpd {}
-    local ok, e = pcall(mailer.connect, { host = s.host, port = s.port, security = "none",
+    local ok, e = pcall(tr.connect, { host = s.host, port = s.port, security = "none",
       trace = function(dir) if dir == "S" then error("boom from trace") end end })
     assert.is_false(ok)
     assert.matches("boom from trace", tostring(e))
-    local conn = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
+    local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
     local msg = assert(mailer.message(msg_table()))
     ok, e = pcall(conn.send, conn, msg, { progress = function() error("stop") end })
     assert.is_false(ok)
@@ -236,19 +240,20 @@ describe("smtp against aiosmtpd", function()
   end)
 
   it("misuse raises, bad values return input errors", function()
-    assert.has_error(function() mailer.connect("x") end)
-    assert.has_error(function() mailer.connect { host = 1 } end)
-    assert.has_error(function() mailer.connect { host = "h", bogus = true } end)
-    local c, err = mailer.connect { host = "h", security = "maybe" }
+    assert.has_error(function() tr.connect("x") end)
+    assert.has_error(function() tr.connect { host = 1 } end)
+    assert.has_error(function() tr.connect { host = "h", bogus = true } end)
+    local c, err = tr.connect { host = "h", security = "maybe" }
     assert.is_nil(c)
     assert.are.equal("input", err.kind)
-    c, err = mailer.connect { host = "h", port = 70000 }
+    c, err = tr.connect { host = "h", port = 70000 }
     assert.are.equal("input", err.kind)
-    c, err = mailer.connect { host = "h", helo = "x\r\nMAIL FROM:<a>" }
+    c, err = tr.connect { host = "h", helo = "x\r\nMAIL FROM:<a>" }
     assert.are.equal("input", err.kind)
-    c, err = mailer.connect { host = "127.0.0.1", port = 1, security = "none", timeout = 2 }
+    c, err = tr.connect { host = "127.0.0.1", port = 1, security = "none", timeout = 2 }
     assert.is_nil(c)
     assert.are.equal("network", err.kind)
     assert.is_true(err.temporary)
   end)
 end)
+end

@@ -79,9 +79,9 @@ function M.connect(opts)
   if opts.host == nil then
     error("bad argument #1 to 'connect' (host: string expected, got nil)", 3)
   end
-  if opts.socket ~= nil then
-    return nil, core.error { kind = "unsupported",
-      message = "socket: the cosocket driver is not available in this version" }
+  local sock = opts.socket
+  if sock ~= nil and sock ~= false and type(sock) ~= "table" and type(sock) ~= "userdata" then
+    bad_option(F, "socket", "cosocket", sock)
   end
   local c = {
     host = opts.host, helo = opts.helo, username = opts.username, password = opts.password,
@@ -153,6 +153,14 @@ function M.connect(opts)
   end
   if c.username and not (c.password or c.token) then
     return input_error("password", "a password or token is required with a username")
+  end
+  -- a cosocket given, or inside nginx where one can yield: the cosocket
+  -- driver (socket = false forces the blocking C transport)
+  if sock then
+    return require("mailer.resty").connect(c, sock)
+  end
+  if sock == nil and rawget(_G, "ngx") and require("mailer.resty").available() then
+    return require("mailer.resty").connect(c)
   end
   return core.smtp_connect(c)
 end
@@ -283,7 +291,8 @@ function methods:send_many(items, opts)
   return self:_send_many(produce, o)
 end
 
--- conn:setkeepalive(timeout_ms, pool_size): only for cosocket connections.
+-- conn:setkeepalive(timeout_ms, pool_size): only for cosocket connections
+-- (mailer.resty has the real one).
 function methods:setkeepalive()
   return nil, core.error { kind = "unsupported",
     message = "setkeepalive needs an OpenResty cosocket connection" }

@@ -92,6 +92,7 @@ function M.load(code, name, env)
     if f and env then setfenv(f, env) end
     return f, err
   end
+  if env == nil then return load(code, name, "t") end   -- a nil env would be _ENV = nil
   return load(code, name, "t", env)
 end
 
