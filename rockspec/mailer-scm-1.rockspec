@@ -28,6 +28,7 @@ build = {
     ["mailer"] = "lua/mailer.lua",
     ["mailer.smtp"] = "lua/mailer/smtp.lua",
     ["mailer.cli"] = "lua/mailer/cli.lua",
+    ["mailer.resty"] = "lua/mailer/resty.lua",
     ["mailer.core"] = {
       sources = {
         "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/mlr_common.c",
