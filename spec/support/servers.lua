@@ -395,6 +395,16 @@ local function spawn(kind, script, config, opts)
   end
 end
 
+-- For other helpers (support.nginx): a process group led by s.pid that
+-- stop_all() stops with the peers, and a way to stop it alone.
+function M._register(s)
+  S.live[s] = true
+end
+
+function M._stop(s)
+  stop_servers { s }
+end
+
 -- Stop everything started so far (call from a busted teardown/finally).
 function M.stop_all()
   local list = {}
@@ -434,7 +444,8 @@ Smtpd.__index = Smtpd
 --   auth_required = false, smtputf8 = true, size = nil|N|0,
 --   extensions = { "PIPELINING" }, reject_rcpt = { addr | [addr] = reply },
 --   data_reply = nil, hostname = nil, start_timeout = 20,
---   scram_fault = nil|"wrong_signature"|"no_signature" }
+--   scram_fault = nil|"wrong_signature"|"no_signature",
+--   greeting_delay = nil|seconds (each connection waits that long for its 220) }
 function M.aiosmtpd(opts)
   opts = opts or {}
   local ca = M.ca()
@@ -469,6 +480,7 @@ function M.aiosmtpd(opts)
     scram_fault = opts.scram_fault,
     hostname = opts.hostname,
     idle_timeout = opts.idle_timeout,
+    greeting_delay = opts.greeting_delay,
   }
   local self = spawn("aiosmtpd", "smtpd.py", cfg, opts)
   self.cafile = ca.cafile

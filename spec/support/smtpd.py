@@ -76,6 +76,14 @@ class RecordingSMTP(SMTP):
                 self._tls_protocol = _ImplicitTLS()
                 self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
 
+    async def _handle_client(self):
+        # greeting_delay: every connection waits for its 220 on its own
+        # (concurrently), for the spec that proves nginx handlers yield
+        delay = self.event_handler.cfg.get("greeting_delay")
+        if delay:
+            await asyncio.sleep(float(delay))
+        await super()._handle_client()
+
     def _getparams(self, params):
         result = super()._getparams(params)
         if result is not None and self._accept_dsn:
