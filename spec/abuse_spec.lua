@@ -39,7 +39,7 @@ describe("a closed message", function()
         local m <close> = msg()
         assert(m:render())
       end
-    ]], "close scope"))
+    ]], "close scope", _G))
     chunk(msg)
     collectgarbage()
     collectgarbage()
