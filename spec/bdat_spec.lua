@@ -13,7 +13,7 @@ local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" e
 local function readfile(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local d = f:read("a")
+  local d = f:read("*a")
   f:close()
   return d
 end
@@ -107,7 +107,7 @@ end
 local function big_message(mib, extra)
   local t = { from = "Alice Ünal <alice@example.com>", to = "user1@test.example", subject = "Grüße BDAT",
               text = ".leading dot\n.\nlast line\n",
-              attachments = { { data = ("\0\1\2\3binary\r\n.\r\n"):rep(mib * 1024 * 1024 // 16), filename = "big.bin" } } }
+              attachments = { { data = ("\0\1\2\3binary\r\n.\r\n"):rep(math.floor(mib * 1024 * 1024 / 16)), filename = "big.bin" } } }
   for k, v in pairs(extra or {}) do t[k] = v end
   return assert(mailer.message(t))
 end
@@ -194,7 +194,7 @@ import base64, subprocess, sys, dkim
 der = subprocess.run(["openssl", "pkey", "-in", sys.argv[1], "-pubout", "-outform", "DER"], capture_output=True).stdout
 rec = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
 print(dkim.verify(open(sys.argv[2], "rb").read(), dnsfunc=lambda n, timeout=5: rec))
-]]) .. " " .. sh_quote(key) .. " " .. sh_quote(dir .. "/m.eml")):read("a")
+]]) .. " " .. sh_quote(key) .. " " .. sh_quote(dir .. "/m.eml")):read("*a")
       assert.are.equal("True\n", out)
     end)
   end)

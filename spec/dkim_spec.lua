@@ -7,6 +7,7 @@
 -- a message changed after signing must fail.
 local mailer = require "mailer"
 local servers = require "support.servers"
+local compat = require "support.compat"
 
 local PY = "env -u LD_PRELOAD -u ASAN_OPTIONS /usr/bin/python3"
 local under_asan = os.getenv("MAILER_UNDER_ASAN") ~= nil
@@ -15,7 +16,7 @@ local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" e
 
 local function run(cmd)
   local p = assert(io.popen("env -u LD_PRELOAD -u ASAN_OPTIONS /bin/sh -c " .. sh_quote(cmd .. " 2>&1")))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   return out
 end
@@ -233,14 +234,14 @@ describe("DKIM", function()
         text = "see attachment", attachments = { { path = %q } } })
       for _ in plain:chunks(65536) do end
       local t2 = clock()
-      local hwm = io.open("/proc/self/status"):read("a"):match("VmHWM:%%s*(%%d+)")
+      local hwm = io.open("/proc/self/status"):read("*a"):match("VmHWM:%%s*(%%d+)")
       print(("RSS_KB %%d SIGNED_S %%.3f PLAIN_S %%.3f"):format(tonumber(hwm), t1 - t0, t2 - t1))
     ]]):format(big, keys.rsa, out, big))
     -- the child keeps this process's environment (under ASan: the runtime
     -- preloaded for the instrumented module)
     local p = assert(io.popen("LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath) ..
-                              " lua5.4 " .. sh_quote(script) .. " 2>&1"))
-    local res = p:read("a")
+                              " " .. compat.lua .. " " .. sh_quote(script) .. " 2>&1"))
+    local res = p:read("*a")
     p:close()
     local rss, signed, plain = res:match("RSS_KB (%d+) SIGNED_S ([%d.]+) PLAIN_S ([%d.]+)")
     assert(rss, res)
