@@ -128,26 +128,47 @@ http {
 }
 ]]
 
+local function is_root() return sh_read("id -u"):match("^0%s") ~= nil end
+
 -- nginx.start{ cafile=, workers = 1, start_timeout = 10 } -> n
 function M.start(opts)
   opts = opts or {}
-  local ok, why = M.available()
-  if not ok then error("support.nginx: " .. why, 2) end
-  local prefix = servers.mkdir("nginx")
   local port = servers.free_port()
+  local prefix = servers.mkdir("nginx")
   local conf = CONF:gsub("%${(%w+)}", {
-    user = sh_read("id -u"):match("^0") and "user root;" or "",
+    user = is_root() and "user root;" or "",
     workers = tostring(opts.workers or 1), prefix = prefix, modules = MODULES,
     root = ROOT, cpath = CPATH, cafile = opts.cafile or servers.ca().cafile, port = tostring(port),
   })
+  return M.start_conf(conf, port, { prefix = prefix, start_timeout = opts.start_timeout })
+end
+
+-- The checkout's directory, and the LUA_CPATH entry of the LuaJIT module.
+M.root, M.cpath = ROOT, CPATH
+
+-- nginx.start_conf(conf_text, port, { env = {NAME = value}, prefix = }) -> n:
+-- an nginx.conf of the caller's (it must listen on 127.0.0.1:port); pid,
+-- daemon off, the error log (and user root when root) are given on the
+-- command line, so the text needs none of them.
+function M.start_conf(conf, port, opts)
+  opts = opts or {}
+  local ok, why = M.available()
+  if not ok then error("support.nginx: " .. why, 2) end
+  local prefix = opts.prefix or servers.mkdir("nginx")
   writefile(prefix .. "/nginx.conf", conf)
+  local globals = "daemon off; pid " .. prefix .. "/nginx.pid;"
+  if is_root() and not conf:find("\nuser ") then globals = globals .. " user root;" end
+  if conf:find("\ndaemon ") then globals = "" end
+  local env = ""
+  for k, v in pairs(opts.env or {}) do env = env .. k .. "=" .. shquote(v) .. " " end
   -- its own process group (setsid), so that stopping it stops the workers;
   -- a watchdog ends it if this Lua process dies without stopping it
   local lua_pid = sh_read("echo $PPID"):match("%d+")
-  local pid = tonumber(sh_read(("setsid %s -p %s -c %s -e %s </dev/null >%s 2>&1 & n=$!; " ..
+  local pid = tonumber(sh_read(("%s setsid %s -p %s -c %s -e %s %s </dev/null >%s 2>&1 & n=$!; " ..
     "(while kill -0 %s 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 1; done; kill -TERM $n 2>/dev/null) " ..
     ">/dev/null 2>&1 </dev/null & echo $n")
-    :format(NGINX, shquote(prefix), shquote(prefix .. "/nginx.conf"), shquote(prefix .. "/error.log"),
+    :format(env ~= "" and ("env " .. env) or "", NGINX, shquote(prefix), shquote(prefix .. "/nginx.conf"),
+            shquote(prefix .. "/error.log"), globals ~= "" and ("-g " .. shquote(globals)) or "",
             shquote(prefix .. "/stdout"), lua_pid)):match("%d+"))
   assert(pid, "could not start nginx")
   local self = setmetatable({ pid = pid, port = port, host = "127.0.0.1", prefix = prefix,
