@@ -41,6 +41,8 @@ engine("two_messages_no_pipelining", 3 | 1 << 5, 1, [(0, body), (4, b"second\r\n
 engine("rejections", 3 | 1 << 5, 1, [(0x1c, body), (0, b"x")],
        b"220 mx\r\n" + EHLO_P + b"250 ok\r\n550 5.1.1 no\r\n452 4.2.2 full\r\n554 no valid recipients\r\n"
        b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n421 closing\r\n")
+engine("chunking", 3, 1, [(0, body)],
+       b"220 mx\r\n250-mx\r\n250-CHUNKING\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n250 2.0.0 chunk ok\r\n221 bye\r\n")
 engine("helo_fallback", 3, 1, [(0, body)],
        b"220 mx\r\n502 no ehlo\r\n250 hi\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
 engine("injection_after_starttls", 0, 1, [(0, body)],
