@@ -239,18 +239,33 @@ static int read_body(void *ud, const uint8_t **p, size_t *n)
     return 1;
 }
 
+static const char *const *server_script;
+
+/* The same session over DATA (server_plain) or BDAT (server_bdat). */
+static const char *const server_plain[] = {
+    "220 mx.example ESMTP\r\n",
+    "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"
+    "250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 AUTH PLAIN LOGIN\r\n",
+    "334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n", "235 2.7.0 ok\r\n",
+    "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "550 5.1.1 no such user\r\n", "250 2.1.5 ok\r\n",
+    "354 go\r\n",
+    "250 2.0.0 queued as A\r\n",
+    "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "354 go\r\n", "250 2.0.0 queued as B\r\n",
+    "221 bye\r\n", NULL};
+
+static const char *const server_bdat[] = {
+    "220 mx.example ESMTP\r\n",
+    "250-mx.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 100000\r\n"
+    "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 AUTH PLAIN LOGIN\r\n",
+    "334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n", "235 2.7.0 ok\r\n",
+    "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "550 5.1.1 no such user\r\n", "250 2.1.5 ok\r\n",
+    "250 2.0.0 queued as A\r\n",
+    "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "250 2.0.0 queued as B\r\n",
+    "221 bye\r\n", NULL};
+
 static void work_engine(heap *h)
 {
-    static const char *const server[] = {
-        "220 mx.example ESMTP\r\n",
-        "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 AUTH PLAIN LOGIN\r\n",
-        "334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n", "235 2.7.0 ok\r\n",
-        "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "550 5.1.1 no such user\r\n", "250 2.1.5 ok\r\n",
-        "354 go\r\n",
-        "250 2.0.0 queued as A\r\n",
-        "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "354 go\r\n", "250 2.0.0 queued as B\r\n",
-        "221 bye\r\n", NULL};
+    const char *const *server = server_script;
     static const char *const rcpt1[] = {"bob@example.com", "carol@example.net", "x@example.org"};
     static const size_t rlen1[] = {15, 17, 13};
     static const char *const rcpt2[] = {"dave@example.org"};
@@ -361,6 +376,9 @@ int main(void)
 {
     sweep("message build and render", work_message);
     sweep("reply parser", work_reply);
-    sweep("SMTP session", work_engine);
+    server_script = server_plain;
+    sweep("SMTP session (DATA)", work_engine);
+    server_script = server_bdat;
+    sweep("SMTP session (BDAT)", work_engine);
     return tap_done();
 }
