@@ -322,7 +322,17 @@ function methods:_send_many(produce, opts)
   self.progress = opts and opts.progress
   while true do
     while not exhausted and #order < 2 do
-      local m, merr = produce()
+      local okp, m, merr = pcall(produce)
+      if not okp then
+        -- as the C binding does: messages in flight cannot be finished
+        -- any more, so the connection is given up, then the error raised
+        if #order > 0 then
+          self.e:fail("network", "send interrupted by an error", true)
+          drop(self)
+        end
+        self.progress = nil
+        error(m, 0)
+      end
       if m == nil then
         exhausted = true
         break
