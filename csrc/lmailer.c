@@ -158,6 +158,7 @@ typedef struct lsource {
 
 typedef struct lmsg {
     mlr_msg *m;
+    mlr_msg *zombie; /* closed, but kept until __gc: a rendering may be in flight */
     mlr_alloc alloc;
     lua_State *L;   /* the state that runs sources during the current call */
     lsource **sources;
@@ -196,6 +197,11 @@ static int lsource_read(void *ud, const uint8_t **p, size_t *n, char *err, size_
         lua_settop(L, top);
         return MLR_ERR_IO;
     }
+    if (!s->owner->m) {
+        snprintf(err, errlen, "the message was closed while it was being rendered");
+        lua_settop(L, top);
+        return MLR_ERR_INPUT;
+    }
     t = lua_type(L, -2);
     if (t == LUA_TNIL) {
         const char *msg = lua_tostring(L, -1);
@@ -228,6 +234,10 @@ static void lmsg_release(lua_State *L, lmsg *lm)
         mlr_msg_free(lm->m);
         lm->m = NULL;
     }
+    if (lm->zombie) {
+        mlr_msg_free(lm->zombie);
+        lm->zombie = NULL;
+    }
     for (i = 0; i < lm->nsources; i++) {
         lsource *s = lm->sources[i];
         luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
@@ -243,6 +253,20 @@ static int msg_gc(lua_State *L)
 {
     lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
     lmsg_release(L, lm);
+    return 0;
+}
+
+/* msg:close() / __close: the message can no longer be used. Its memory
+ * (and its Lua sources) stay until __gc, because a rendering may be in
+ * flight - even inside one of its own sources - and must not find them
+ * freed; it fails with "closed" at its next step instead. Idempotent. */
+static int msg_close(lua_State *L)
+{
+    lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
+    if (lm->m && !lm->zombie) {
+        lm->zombie = lm->m;
+        lm->m = NULL;
+    }
     return 0;
 }
 
@@ -761,7 +785,7 @@ static const luaL_Reg msg_methods[] = {
     {"header", msg_header},     {"size", msg_size},     {NULL, NULL}};
 
 static const luaL_Reg msg_meta[] = {
-    {"__gc", msg_gc}, {"__close", msg_gc}, {"__tostring", msg_tostring}, {NULL, NULL}};
+    {"__gc", msg_gc}, {"__close", msg_close}, {"__tostring", msg_tostring}, {NULL, NULL}};
 
 /* core.mkdir(path) -> true | nil, message: creates missing directories
  * along the path (like mkdir -p), without a shell. */

@@ -30,6 +30,7 @@ typedef struct lconn {
     int closed;         /* close() was called: further use raises */
     int has_trace;
     int cb_failed;      /* a Lua callback raised; its error is in uservalue.cb_err */
+    int driving;        /* inside mlr_conn_drive: Lua callbacks may be running */
     double timeout;
 } lconn;
 
@@ -250,9 +251,20 @@ static void save_caps(lua_State *L, lconn *lc)
 }
 
 /* Drive until idle; returns the engine's fatal error or MLR_OK. */
+/* mlr_conn_drive, marking the connection as in use: a callback that tries
+ * to close it meanwhile gets an error instead of freeing it under us. */
+static int drive_raw(lconn *lc, mlr_drive_fn check, void *ud)
+{
+    int rc;
+    lc->driving++;
+    rc = mlr_conn_drive(lc->c, lc->e, check, ud);
+    lc->driving--;
+    return rc;
+}
+
 static int drive(lconn *lc, mlr_drive_fn check, void *ud)
 {
-    int rc = mlr_conn_drive(lc->c, lc->e, check, ud);
+    int rc = drive_raw(lc, check, ud);
     if (rc == -1 && lc->cb_failed)
         callback_abort(lc);
     return rc;
@@ -747,7 +759,7 @@ static int l_send(lua_State *L)
         return push_broken(L, lc);
     }
     ls->s[0].queued = 1;
-    rc = mlr_conn_drive(lc->c, lc->e, check_send, &d);
+    rc = drive_raw(lc, check_send, &d);
     if (lc->cb_failed) {
         callback_abort(lc);
         slot_free(ls, &ls->s[0]);
@@ -844,7 +856,7 @@ static int l_send_many(lua_State *L)
         /* drive until the oldest message in flight is done */
         d.stop_slot = order[0];
         if (!ls->s[order[0]].txn.done) {
-            mlr_conn_drive(lc->c, lc->e, check_send, &d);
+            drive_raw(lc, check_send, &d);
             if (lc->cb_failed) {
                 callback_abort(lc);
                 for (i = 0; i < NSLOT; i++)
@@ -912,7 +924,7 @@ static void conn_destroy(lua_State *L, lconn *lc, int polite)
     if (lc->e && lc->c && polite && mlr_conn_is_open(lc->c) && mlr_smtp_quit(lc->e) == MLR_OK) {
         lc->has_trace = lc->has_trace && L != NULL;
         lc->L = L;
-        mlr_conn_drive(lc->c, lc->e, check_cb, lc);
+        drive_raw(lc, check_cb, lc);
     }
     if (lc->c) {
         mlr_conn_free(lc->c);
@@ -930,6 +942,8 @@ static void conn_destroy(lua_State *L, lconn *lc, int polite)
 static int conn_gc(lua_State *L)
 {
     lconn *lc = luaL_checkudata(L, 1, CONN_MT);
+    if (lc->driving)
+        return luaL_error(L, "cannot close a connection from inside one of its own callbacks");
     lc->has_trace = 0;
     conn_destroy(L, lc, 0);
     return 0;
@@ -940,6 +954,8 @@ static int conn_gc(lua_State *L)
 static int l_close(lua_State *L)
 {
     lconn *lc = luaL_checkudata(L, 1, CONN_MT);
+    if (lc->driving)
+        return luaL_error(L, "cannot close a connection from inside one of its own callbacks");
     if (!lc->closed) {
         lc->L = L;
         conn_destroy(L, lc, 1);

@@ -168,12 +168,24 @@ describe("a source that misbehaves", function()
     assert.matches("yield", err.message)
   end)
 
-  it("closing its own message while it renders", function()
-    -- A source that closes the message being rendered frees it under the
-    -- renderer's feet (heap-use-after-free in lsource_read / mlr_render_next,
-    -- see the issue 5 report). Until the binding refuses that, the spec
-    -- stays pending so that the ASan run does not abort.
-    pending("binding: close() of a message from inside its own source is a use after free")
+  it("closing its own message while it renders: an error, never a use after free", function()
+    local m
+    m = with_source(function() close(m) return "abc" end)
+    local s, err = m:render()
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.matches("closed while it was being rendered", err.message)
+    assert.has_error(function() m:render() end, "attempt to use a closed message")
+    -- closed between two chunks of a running iteration
+    local m2 = msg { attachments = { { data = ("x"):rep(200000) } } }
+    local it = m2:chunks(100)
+    assert.is_string(it())
+    close(m2)
+    close(m2)
+    assert.has_error(function() it() end, "attempt to use a closed message")
+    m, m2, it = nil, nil, nil
+    collectgarbage()
+    collectgarbage()
   end)
 end)
 
@@ -304,11 +316,21 @@ describe("connections", function()
     collectgarbage()
   end)
 
-  it("closing the connection from inside its own callbacks", function()
-    -- conn:close() from a source or progress callback frees the engine and
-    -- socket while l_send is still driving them (heap-use-after-free in
-    -- fill_body / mlr_conn_drive, see the issue 5 report); pending until the
-    -- binding refuses or defers it.
-    pending("binding: conn:close() from inside send's callbacks is a use after free")
+  it("closing the connection from inside its own callbacks: an error, never a use after free", function()
+    local c = connect()
+    local ok, err = pcall(c.send, c, base { attachments = { { data = ("y"):rep(3000000) } } },
+      { progress = function() c:close() end })
+    assert.is_false(ok)
+    assert.matches("cannot close a connection from inside one of its own callbacks", tostring(err))
+    local r, e = c:noop()
+    assert.is_nil(r)
+    assert.equal("network", e.kind)
+    c:close()
+    local c2 = connect()
+    local r2, e2 = c2:send(base { attachments = { { filename = "a", source = function() c2:close() return "x" end } } })
+    assert.is_nil(r2)
+    assert.matches("cannot close a connection", e2.message)
+    c2:close()
+    c2:close()
   end)
 end)
