@@ -11,20 +11,24 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- Parse several raw messages at once; returns a list of result tables.
-function M.parse_many(raws)
-  local files = {}
-  for i, raw in ipairs(raws) do
+-- Write each string to a temporary file; returns the names and the names
+-- quoted for a shell command line.
+local function temp_files(list)
+  local files, quoted = {}, {}
+  for i, s in ipairs(list) do
     local name = os.tmpname()
     local f = assert(io.open(name, "wb"))
-    f:write(raw)
+    f:write(s)
     f:close()
-    files[i] = name
+    files[i], quoted[i] = name, shell_quote(name)
   end
-  local quoted = {}
-  for i, f in ipairs(files) do quoted[i] = shell_quote(f) end
-  local p = assert(io.popen(PY .. " " .. shell_quote(here .. "/parse.py") .. " " ..
-    table.concat(quoted, " ")))
+  return files, table.concat(quoted, " ")
+end
+
+-- Parse several raw messages at once; returns a list of result tables.
+function M.parse_many(raws)
+  local files, args = temp_files(raws)
+  local p = assert(io.popen(PY .. " " .. shell_quote(here .. "/parse.py") .. " " .. args))
   local out = p:read("*a")
   p:close()
   for _, f in ipairs(files) do os.remove(f) end
@@ -40,19 +44,10 @@ end
 
 -- sha256 hex of a string, via Python (no Lua crypto in the test deps).
 function M.sha256_many(list)
-  local files = {}
-  for i, s in ipairs(list) do
-    local name = os.tmpname()
-    local f = assert(io.open(name, "wb"))
-    f:write(s)
-    f:close()
-    files[i] = name
-  end
-  local quoted = {}
-  for i, f in ipairs(files) do quoted[i] = shell_quote(f) end
+  local files, args = temp_files(list)
   local p = assert(io.popen(PY .. " -c " .. shell_quote(
     "import hashlib,sys\nfor n in sys.argv[1:]: print(hashlib.sha256(open(n,'rb').read()).hexdigest())") ..
-    " " .. table.concat(quoted, " ")))
+    " " .. args))
   local out = {}
   for line in p:lines() do out[#out + 1] = line end
   p:close()
