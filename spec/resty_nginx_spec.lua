@@ -296,6 +296,8 @@ describe_nginx("the cosocket driver in nginx", function()
     fa:close()
     local port = servers.free_port()
     conf = subst(conf, "listen 8080;", "listen 127.0.0.1:" .. port .. ";")
+    -- pools are per worker: one worker, so the second request finds the first's connection
+    conf = subst(conf, "worker_processes auto;", "worker_processes 1;")
     conf = subst(conf, '"/opt/app/lua/%?%.lua;;"', '"' .. nginx.root .. "/lua/?.lua;" .. app .. '/?.lua;;"')
     conf = subst(conf, '"/opt/app/lib/%?%.so;;"', '"' .. nginx.cpath .. ';;"')
     conf = subst(conf, "/etc/ssl/certs/ca%-certificates%.crt", ca.cafile)
