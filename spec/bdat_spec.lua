@@ -10,19 +10,7 @@ local PY = "env -u LD_PRELOAD -u ASAN_OPTIONS /usr/bin/python3"
 
 local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local d = f:read("*a")
-  f:close()
-  return d
-end
-
-local function writefile(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local readfile, writefile = servers.readfile, servers.writefile
 
 local function sleep(s) require("socket").sleep(s) end
 

@@ -36,19 +36,7 @@ local function sh_read(cmd)
   return out
 end
 
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function writefile(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local readfile, writefile = servers.readfile, servers.writefile
 
 -- The checkout (two levels above this file).
 local function root()

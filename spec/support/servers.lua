@@ -706,4 +706,7 @@ function M.smtp_sink(opts)
   return spawn("smtp-sink", "sink.py", cfg, opts)
 end
 
+-- small file helpers shared with the other spec helpers
+M.readfile, M.writefile = readfile, writefile
+
 return M
