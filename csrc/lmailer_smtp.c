@@ -277,6 +277,28 @@ static int check_cb(void *ud)
     return lc->cb_failed ? -1 : 0;
 }
 
+/* Allocate a zeroed lconn userdata with metatable mt and a uservalue
+ * holding opts.trace (opts at index 1). The userdata goes to index 1 (SELF,
+ * for callbacks); opts stays on the stack above it, keeping its strings
+ * alive until they are copied. Nothing is acquired yet. */
+static lconn *push_lconn(lua_State *L, const char *mt)
+{
+    lconn *lc = lua_newuserdatauv(L, sizeof *lc, 1);
+    memset(lc, 0, sizeof *lc);
+    luaL_getmetatable(L, mt);
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 0, 4);
+    lua_getfield(L, 1, "trace");
+    lc->has_trace = lua_isfunction(L, -1);
+    lua_setfield(L, -2, "trace");
+    mlr_setuv(L, -2);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_replace(L, SELF);
+    lc->L = L;
+    return lc;
+}
+
 /* core.smtp_connect(opts) -> conn | nil, err. opts were checked by
  * mailer.smtp: host, port, security, helo, username, password, token,
  * auth (list), allow_plaintext_auth, timeout, tls = {...}, trace. */
@@ -358,21 +380,7 @@ static int l_connect(lua_State *L)
     lua_pop(L, 1);
 
     /* allocate, then acquire */
-    lc = lua_newuserdatauv(L, sizeof *lc, 1);
-    memset(lc, 0, sizeof *lc);
-    luaL_getmetatable(L, CONN_MT);
-    lua_setmetatable(L, -2);
-    lua_createtable(L, 0, 4);
-    lua_getfield(L, 1, "trace");
-    lc->has_trace = lua_isfunction(L, -1);
-    lua_setfield(L, -2, "trace");
-    mlr_setuv(L, -2);
-    /* the userdata goes to index 1 (SELF, for callbacks); opts stays on the
-     * stack above it, keeping its strings alive until they are copied */
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, -2);
-    lua_replace(L, SELF);
-    lc->L = L;
+    lc = push_lconn(L, CONN_MT);
     lc->timeout = co.timeout;
     mlr_lua_alloc(L, &lc->alloc);
     lc->c = mlr_conn_new(&lc->alloc);
@@ -1063,19 +1071,7 @@ static int l_engine(lua_State *L)
         }
     }
     lua_pop(L, 1);
-    lc = lua_newuserdatauv(L, sizeof *lc, 1);
-    memset(lc, 0, sizeof *lc);
-    luaL_getmetatable(L, ENGINE_MT);
-    lua_setmetatable(L, -2);
-    lua_createtable(L, 0, 4);
-    lua_getfield(L, 1, "trace");
-    lc->has_trace = lua_isfunction(L, -1);
-    lua_setfield(L, -2, "trace");
-    mlr_setuv(L, -2);
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, -2);
-    lua_replace(L, SELF);
-    lc->L = L;
+    lc = push_lconn(L, ENGINE_MT);
     mlr_lua_alloc(L, &lc->alloc);
     eo.trace = trace_cb;
     eo.trace_ud = lc;
