@@ -1,11 +1,15 @@
-/* lmailer.c - the Lua module mailer.core: error objects and messages.
+/* lmailer.c - the Lua module mailer.core: error objects, messages and
+ * renderings.
  *
  * Messages are built by the wrapper (lua/mailer.lua) through the msg_*
  * builder functions, then finished; the finished mailer.Message userdata
- * offers render, chunks, envelope, header and size. Attachment sources
- * that are Lua functions are called back from the C renderer through a
- * protected call, so an error inside one becomes an error object and
- * never unwinds through C. */
+ * offers envelope, header and size here, and render / chunks in Lua. C
+ * never calls Lua and never keeps a lua_State: a Lua-function source is a
+ * push source of the renderer, kept in the message's user value; when the
+ * renderer needs its bytes, r:next() returns it, and the Lua caller calls
+ * it (it may yield, raise or re-enter) and hands its bytes in with
+ * r:supply(), which keeps the string alive in the rendering's user value
+ * while the renderer reads it. */
 #include "lmailer.h"
 #include "mime_message.h"
 
@@ -14,13 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
 #define MESSAGE_MT "mailer.Message"
 #define RENDER_MT "mailer.Render"
 #define ERROR_MT "mailer.Error"
-#define DEFAULT_CHUNK 65536
 
 #ifdef MLR_COMPAT_AUXLIB
 void mlr_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
@@ -150,19 +154,12 @@ void mlr_lua_alloc(lua_State *L, mlr_alloc *a)
 
 /* ---- messages ---- */
 
-typedef struct lsource {
-    struct lmsg *owner;
-    int fn_ref;     /* the Lua function, in the registry */
-    int chunk_ref;  /* the last chunk it returned, kept alive */
-} lsource;
-
+/* A message's user value is a table: sources = { fn, ... } (by push id). */
 typedef struct lmsg {
     mlr_msg *m;
     mlr_msg *zombie; /* closed, but kept until __gc: a rendering may be in flight */
     mlr_alloc alloc;
-    lua_State *L;   /* the state that runs sources during the current call */
-    lsource **sources;
-    size_t nsources;
+    unsigned nsources;
     int finished;
 } lmsg;
 
@@ -174,62 +171,9 @@ static lmsg *check_lmsg(lua_State *L, int idx)
     return lm;
 }
 
-/* Called by the renderer for a Lua-function source. */
-static int lsource_read(void *ud, const uint8_t **p, size_t *n, char *err, size_t errlen)
-{
-    lsource *s = ud;
-    lua_State *L = s->owner->L;
-    int top = lua_gettop(L), t;
-    if (!lua_checkstack(L, 4)) {
-        snprintf(err, errlen, "Lua stack overflow");
-        return MLR_ERR_NOMEM;
-    }
-    if (s->chunk_ref != LUA_NOREF) {
-        luaL_unref(L, LUA_REGISTRYINDEX, s->chunk_ref);
-        s->chunk_ref = LUA_NOREF;
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
-    if (lua_pcall(L, 0, 2, 0) != 0) {
-        const char *msg = lua_tostring(L, -1);
-        if (!msg && luaL_callmeta(L, -1, "__tostring"))
-            msg = lua_tostring(L, -1);
-        snprintf(err, errlen, "source raised an error: %s", msg ? msg : "(not a string)");
-        lua_settop(L, top);
-        return MLR_ERR_IO;
-    }
-    if (!s->owner->m) {
-        snprintf(err, errlen, "the message was closed while it was being rendered");
-        lua_settop(L, top);
-        return MLR_ERR_INPUT;
-    }
-    t = lua_type(L, -2);
-    if (t == LUA_TNIL) {
-        const char *msg = lua_tostring(L, -1);
-        if (msg) {
-            snprintf(err, errlen, "source failed: %s", msg);
-            lua_settop(L, top);
-            return MLR_ERR_IO;
-        }
-        lua_settop(L, top);
-        return 0;
-    }
-    if (t != LUA_TSTRING) {
-        snprintf(err, errlen, "source returned a %s (expected a string, or nil at the end)",
-                 lua_typename(L, t));
-        lua_settop(L, top);
-        return MLR_ERR_INPUT;
-    }
-    lua_pop(L, 1);
-    *p = (const uint8_t *)lua_tolstring(L, -1, n);
-    s->chunk_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps *p valid */
-    lua_settop(L, top);
-    return 1;
-}
-
 /* Free everything a message holds; safe to call twice. */
-static void lmsg_release(lua_State *L, lmsg *lm)
+static void lmsg_release(lmsg *lm)
 {
-    size_t i;
     if (lm->m) {
         mlr_msg_free(lm->m);
         lm->m = NULL;
@@ -238,28 +182,19 @@ static void lmsg_release(lua_State *L, lmsg *lm)
         mlr_msg_free(lm->zombie);
         lm->zombie = NULL;
     }
-    for (i = 0; i < lm->nsources; i++) {
-        lsource *s = lm->sources[i];
-        luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, s->chunk_ref);
-        mlr_free(&lm->alloc, s, sizeof *s);
-    }
-    mlr_free(&lm->alloc, lm->sources, lm->nsources * sizeof *lm->sources);
-    lm->sources = NULL;
-    lm->nsources = 0;
 }
 
 static int msg_gc(lua_State *L)
 {
     lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
-    lmsg_release(L, lm);
+    lmsg_release(lm);
     return 0;
 }
 
 /* msg:close() / __close: the message can no longer be used. Its memory
- * (and its Lua sources) stay until __gc, because a rendering may be in
- * flight - even inside one of its own sources - and must not find them
- * freed; it fails with "closed" at its next step instead. Idempotent. */
+ * stays until __gc, because a rendering may be in flight (each keeps its
+ * message alive) - even inside one of its own sources - and must not find
+ * it freed; it fails with "closed" at its next step instead. Idempotent. */
 static int msg_close(lua_State *L)
 {
     lmsg *lm = luaL_checkudata(L, 1, MESSAGE_MT);
@@ -277,6 +212,10 @@ static int l_new_message(lua_State *L)
     memset(lm, 0, sizeof *lm);
     luaL_getmetatable(L, MESSAGE_MT);
     lua_setmetatable(L, -2);
+    lua_createtable(L, 0, 1);
+    lua_newtable(L);
+    lua_setfield(L, -2, "sources");
+    mlr_setuv(L, -2);
     mlr_lua_alloc(L, &lm->alloc);
     lm->m = mlr_msg_new(&lm->alloc);
     if (!lm->m)
@@ -386,7 +325,6 @@ static int l_msg_part(lua_State *L)
     mlr_src src;
     size_t fnl = 0, cidl = 0, ctl;
     const char *ct, *fname, *cid, *field;
-    lsource *ls = NULL;
     int rc;
     luaL_checktype(L, 2, LUA_TTABLE);
     field = luaL_checkstring(L, 3);
@@ -408,24 +346,15 @@ static int l_msg_part(lua_State *L)
     if (lua_isnumber(L, -1))
         src.size = (int64_t)lua_tonumber(L, -1);
     lua_getfield(L, 2, "source");
-    if (!lua_isnil(L, -1)) {
-        void *arr;
+    if (!lua_isnil(L, -1)) {   /* a push source: uservalue.sources[id] = fn */
         luaL_checktype(L, -1, LUA_TFUNCTION);
-        arr = mlr_realloc(&lm->alloc, lm->sources, lm->nsources * sizeof *lm->sources,
-                          (lm->nsources + 1) * sizeof *lm->sources);
-        if (!arr)
-            return luaL_error(L, "not enough memory");
-        lm->sources = arr;
-        ls = mlr_malloc(&lm->alloc, sizeof *ls);
-        if (!ls)
-            return luaL_error(L, "not enough memory");
-        ls->owner = lm;
-        ls->chunk_ref = LUA_NOREF;
-        lua_pushvalue(L, -1);
-        ls->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        lm->sources[lm->nsources++] = ls;
-        src.fn = lsource_read;
-        src.ud = ls;
+        src.push = 1;
+        src.push_id = ++lm->nsources;
+        mlr_getuv(L, 1);
+        lua_getfield(L, -1, "sources");
+        lua_pushvalue(L, -3);
+        lua_rawseti(L, -2, (lua_Integer)src.push_id);
+        lua_pop(L, 2);
     }
     if (src.path && src.path[0] == '\0')
         return mlr_fail(L, "input", "path is empty", field);
@@ -582,7 +511,6 @@ struct mlr_msg *mlr_lua_msg_use(lua_State *L, int idx)
     lmsg *lm = check_lmsg(L, idx);
     if (!lm->finished)
         luaL_argerror(L, idx, "message is not finished");
-    lm->L = L;
     return lm->m;
 }
 
@@ -591,7 +519,6 @@ static lmsg *check_finished(lua_State *L)
     lmsg *lm = check_lmsg(L, 1);
     if (!lm->finished)
         luaL_error(L, "message is not finished");
-    lm->L = L;
     return lm;
 }
 
@@ -610,14 +537,12 @@ static void push_render_error(lua_State *L, mlr_render *r, int rc)
     mlr_push_error(L, mlr_err_kind(rc), msg, field, -1, NULL, 0);
 }
 
+/* A rendering: its user value keeps the message alive (msg) and the
+ * chunk a push source handed in last (chunk). */
 typedef struct lrender {
     mlr_render *r;
-    const uint8_t *p;   /* pending bytes from the renderer */
-    size_t n;
-    int done;
+    lmsg *lm;
 } lrender;
-
-static lrender *new_lrender(lua_State *L, lmsg *lm);
 
 static int render_gc(lua_State *L)
 {
@@ -629,98 +554,172 @@ static int render_gc(lua_State *L)
     return 0;
 }
 
-/* The chunks iterator: upvalues (render, message, size). */
-static int chunks_next(lua_State *L)
+/* Push the source function with push id k of the message whose user value
+ * table is at index uv (nil when there is none). */
+static void push_source(lua_State *L, int uv, long k)
 {
-    lrender *lr = luaL_checkudata(L, lua_upvalueindex(1), RENDER_MT);
-    lmsg *lm = luaL_checkudata(L, lua_upvalueindex(2), MESSAGE_MT);
-    size_t size = (size_t)lua_tointeger(L, lua_upvalueindex(3));
-    luaL_Buffer b;
-    size_t have = 0;
-    if (lr->done || !lr->r)
-        return 0;
-    if (!lm->m) /* closed mid-iteration: an error, not a silently short message */
-        return luaL_error(L, "attempt to use a closed message");
-    lm->L = L;
-    luaL_buffinit(L, &b);
-    while (have < size) {
-        size_t take;
-        if (lr->n == 0) {
-            int rc = mlr_render_next(lr->r, &lr->p, &lr->n);
-            if (rc == 0) {
-                lr->done = 1;
-                break;
-            }
-            if (rc < 0) {
-                lr->done = 1;
-                push_render_error(L, lr->r, rc);
-                mlr_render_free(lr->r);
-                lr->r = NULL;
-                return lua_error(L); /* a silent end would truncate the message */
-            }
-        }
-        take = lr->n < size - have ? lr->n : size - have;
-        luaL_addlstring(&b, (const char *)lr->p, take);
-        lr->p += take;
-        lr->n -= take;
-        have += take;
-    }
-    if (have == 0) {
-        mlr_render_free(lr->r);
-        lr->r = NULL;
-        return 0;
-    }
-    luaL_pushresult(&b);
+    lua_getfield(L, uv, "sources");
+    if (lua_istable(L, -1))
+        lua_rawgeti(L, -1, (lua_Integer)k);
+    else
+        lua_pushnil(L);
+    lua_remove(L, -2);
+}
+
+/* Push the source that rendering r waits for, from the message at idx. */
+void mlr_lua_push_needed(lua_State *L, int idx, const mlr_render *r)
+{
+    mlr_getuv(L, idx);
+    push_source(L, lua_gettop(L), mlr_render_need(r));
+    lua_remove(L, -2);
+}
+
+/* core.msg_check(msg): raises when msg is closed or not a message */
+static int l_msg_check(lua_State *L)
+{
+    check_lmsg(L, 1);
+    return 0;
+}
+
+/* core.monotime() -> seconds on a monotonic clock (for deadlines) */
+static int l_monotime(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
     return 1;
 }
 
-/* msg:chunks([size]) -> iterator over pieces of the rendered message */
-static int msg_chunks(lua_State *L)
+/* core.render(msg [, stepped]) -> a mailer.Render of a finished message */
+static int l_render(lua_State *L)
 {
     lmsg *lm = check_finished(L);
-    lua_Integer size = luaL_optinteger(L, 2, DEFAULT_CHUNK);
-    lrender *lr;
-    luaL_argcheck(L, size >= 1 && size <= (1 << 30), 2, "size must be 1 .. 2^30");
-    lr = new_lrender(L, lm);
-    (void)lr;
-    lua_pushvalue(L, 1);
-    lua_pushinteger(L, size);
-    lua_pushcclosure(L, chunks_next, 3);
-    return 1;
-}
-
-/* Push a new mailer.Render userdata for a rendering of lm. */
-static lrender *new_lrender(lua_State *L, lmsg *lm)
-{
-    lrender *lr = lua_newuserdatauv(L, sizeof *lr, 0);
+    lrender *lr = lua_newuserdatauv(L, sizeof *lr, 1);
     memset(lr, 0, sizeof *lr);
     luaL_getmetatable(L, RENDER_MT);
     lua_setmetatable(L, -2);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "msg");
+    mlr_setuv(L, -2);
+    lr->lm = lm;
     lr->r = mlr_render_new(lm->m);
     if (!lr->r)
-        luaL_error(L, "not enough memory");
+        return luaL_error(L, "not enough memory");
+    mlr_render_set_stepped(lr->r, lua_toboolean(L, 2));
+    return 1;
+}
+
+static lrender *check_render(lua_State *L)
+{
+    lrender *lr = luaL_checkudata(L, 1, RENDER_MT);
+    if (!lr->r)
+        luaL_error(L, "attempt to use a finished rendering");
+    if (!lr->lm->m)   /* closed mid-rendering: an error, never a short message */
+        luaL_error(L, "attempt to use a closed message");
     return lr;
 }
 
-/* msg:render() -> the whole message as a string | nil, err */
-static int msg_render(lua_State *L)
+/* r:next() -> bytes | nil (the end) | false, source (call it and supply its
+ * result) | true (a slice of work done; call again) | nil, err */
+static int render_next(lua_State *L)
 {
-    lmsg *lm = check_finished(L);
-    lrender *lr = new_lrender(L, lm); /* owned by Lua: freed even if we raise */
-    luaL_Buffer b;
+    lrender *lr = check_render(L);
     const uint8_t *p;
     size_t n;
-    int rc;
-    luaL_buffinit(L, &b);
-    while ((rc = mlr_render_next(lr->r, &p, &n)) == 1)
-        luaL_addlstring(&b, (const char *)p, n);
-    luaL_pushresult(&b);
-    if (rc < 0) {
+    int rc = mlr_render_next(lr->r, &p, &n);
+    switch (rc) {
+    case 1:
+        lua_pushlstring(L, (const char *)p, n);
+        return 1;
+    case 0:
+        mlr_render_free(lr->r);
+        lr->r = NULL;
+        lua_pushnil(L);
+        return 1;
+    case MLR_RENDER_NEED:
+        lua_pushboolean(L, 0);
+        mlr_getuv(L, 1);
+        lua_getfield(L, -1, "msg");
+        mlr_lua_push_needed(L, lua_gettop(L), lr->r);
+        lua_replace(L, -3);
         lua_pop(L, 1);
+        return 2;
+    case MLR_RENDER_BUSY:
+        lua_pushboolean(L, 1);
+        return 1;
+    default:
         lua_pushnil(L);
         push_render_error(L, lr->r, rc);
+        mlr_render_free(lr->r);
+        lr->r = NULL;
         return 2;
     }
+}
+
+/* Hand the result of a push source to the rendering r (the stack holds r
+ * at idx, the user value table at uv): ok, chunk | ok, nil [, err] where
+ * ok is false when the source raised. Returns MLR_OK or the render error. */
+int mlr_lua_supply(lua_State *L, mlr_render *r, int uv, int first)
+{
+    int t = lua_type(L, first + 1);
+    if (!lua_toboolean(L, first)) {   /* raised: the value is the error */
+        const char *msg = lua_tostring(L, first + 1);
+        char buf[230];
+        if (!msg && luaL_callmeta(L, first + 1, "__tostring")) {
+            msg = lua_tostring(L, -1);
+            lua_pop(L, 1);
+        }
+        snprintf(buf, sizeof buf, "raised an error: %.200s", msg ? msg : "(not a string)");
+        mlr_render_supply_error(r, buf);
+        return MLR_ERR_IO;
+    }
+    if (t == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, first + 1, &n);
+        int rc = mlr_render_supply(r, (const uint8_t *)s, n, 0);
+        if (rc == MLR_OK && n) {   /* the renderer borrows it until its next need */
+            lua_pushvalue(L, first + 1);
+            lua_setfield(L, uv, "chunk");
+        }
+        return rc;
+    }
+    if (t == LUA_TNIL || t == LUA_TNONE) {
+        const char *msg = lua_tostring(L, first + 2);
+        if (msg) {
+            mlr_render_supply_error(r, msg);
+            return MLR_ERR_IO;
+        }
+        return mlr_render_supply(r, NULL, 0, 1);
+    }
+    {
+        char buf[120];
+        snprintf(buf, sizeof buf, "returned a %s (expected a string, or nil at the end)",
+                 lua_typename(L, t));
+        mlr_render_supply_error(r, buf);
+        return MLR_ERR_INPUT;
+    }
+}
+
+/* r:supply(ok, chunk_or_nil [, err]) -> true | nil, err: the result of the
+ * source that r:next() asked for, as pcall returned it. */
+static int render_supply(lua_State *L)
+{
+    lrender *lr = check_render(L);
+    int rc;
+    lua_settop(L, 4);
+    mlr_getuv(L, 1);
+    rc = mlr_lua_supply(L, lr->r, 5, 2);
+    if (rc == MLR_ERR_STATE)
+        return luaL_error(L, "the rendering did not ask for source bytes");
+    if (rc < 0) {
+        lua_pushnil(L);
+        push_render_error(L, lr->r, rc);
+        mlr_render_free(lr->r);
+        lr->r = NULL;
+        return 2;
+    }
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -781,8 +780,10 @@ static int msg_tostring(lua_State *L)
 }
 
 static const luaL_Reg msg_methods[] = {
-    {"render", msg_render},     {"chunks", msg_chunks}, {"envelope", msg_envelope},
-    {"header", msg_header},     {"size", msg_size},     {NULL, NULL}};
+    {"envelope", msg_envelope}, {"header", msg_header}, {"size", msg_size}, {NULL, NULL}};
+
+static const luaL_Reg render_methods[] = {
+    {"next", render_next}, {"supply", render_supply}, {NULL, NULL}};
 
 static const luaL_Reg msg_meta[] = {
     {"__gc", msg_gc}, {"__close", msg_close}, {"__tostring", msg_tostring}, {NULL, NULL}};
@@ -861,6 +862,9 @@ static const luaL_Reg core_funcs[] = {
     {"msg_body", l_msg_body},
     {"msg_part", l_msg_part},
     {"msg_finish", l_msg_finish},
+    {"render", l_render},
+    {"msg_check", l_msg_check},
+    {"monotime", l_monotime},
     {"msg_dkim", l_msg_dkim},
     {"dkim_signer", l_dkim_signer},
     {NULL, NULL}};
@@ -870,11 +874,17 @@ void mlr_open_message(lua_State *L)
     luaL_newmetatable(L, MESSAGE_MT);
     luaL_setfuncs(L, msg_meta, 0);
     luaL_newlib(L, msg_methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -4, "message_methods");   /* the wrapper adds render and chunks */
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, RENDER_MT);
     lua_pushcfunction(L, render_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, render_gc);
+    lua_setfield(L, -2, "__close");
+    luaL_newlib(L, render_methods);
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, DKIM_MT);
     lua_pushcfunction(L, signer_gc);

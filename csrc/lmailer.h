@@ -53,10 +53,18 @@ void mlr_lua_alloc(lua_State *L, mlr_alloc *a);
 #endif
 
 struct mlr_msg;
-/* The core message behind a mailer.Message userdata at idx (raises when
- * idx is not one, or is closed). Also makes L the state that Lua-function
- * attachment sources run in, for renderings started until the next call. */
+struct mlr_render;
+/* The core message behind a finished mailer.Message userdata at idx
+ * (raises when idx is not one, or is closed). */
 struct mlr_msg *mlr_lua_msg_use(lua_State *L, int idx);
+/* Push the Lua source that rendering r waits for (MLR_RENDER_NEED), taken
+ * from the user value of the message at idx; nil when there is none. */
+void mlr_lua_push_needed(lua_State *L, int idx, const struct mlr_render *r);
+/* Hand a push source's result to r: the values at first.. are what pcall
+ * returned (ok, chunk | ok, nil [, err] | false, error); a chunk is kept
+ * alive as field "chunk" of the table at uv. MLR_OK or the (sticky)
+ * render error; MLR_ERR_STATE when r asked for nothing. */
+int mlr_lua_supply(lua_State *L, struct mlr_render *r, int uv, int first);
 
 /* Registration of each binding part into the module table at the top. */
 void mlr_open_message(lua_State *L);

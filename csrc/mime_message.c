@@ -27,7 +27,7 @@
 #define IN_BLOCK (57 * 1024)
 
 enum { ENC_7BIT, ENC_QP, ENC_B64 };
-enum { SRC_MEM, SRC_FILE, SRC_FN };
+enum { SRC_MEM, SRC_FILE, SRC_FN, SRC_PUSH };   /* FN and PUSH: producers */
 enum { OP_STATIC, OP_BODY };
 
 typedef struct addr_item {
@@ -50,6 +50,7 @@ typedef struct part {
     char *path;                 /* SRC_FILE */
     mlr_source_fn fn;           /* SRC_FN */
     void *ud;
+    unsigned push_id;           /* SRC_PUSH: the caller's number for it */
     int64_t size;               /* source size when known, else -1 */
     int spool_fd;               /* SRC_FN read while signing: its bytes, else -1 */
     int spooled;                /* the spool holds the whole source */
@@ -532,10 +533,11 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
         }
         p->size = S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
         fclose(fp);
-    } else if (src->fn) {
-        p->src = SRC_FN;
+    } else if (src->fn || src->push) {
+        p->src = src->push ? SRC_PUSH : SRC_FN;
         p->fn = src->fn;
         p->ud = src->ud;
+        p->push_id = src->push_id;
         p->size = src->size;
     } else {
         p->src = SRC_MEM;
@@ -1006,6 +1008,14 @@ struct mlr_render {
     mlr_qp qp;
     const uint8_t *fn_ptr;  /* unread rest of a producer's chunk */
     size_t fn_left;
+    uint64_t src_got;       /* octets read from the current body's source */
+    const part *need;       /* the push source MLR_RENDER_NEED waits for */
+    int push_end;           /* that source has ended */
+    int failed;             /* sticky error */
+    int stepped;            /* the hashing pass returns MLR_RENDER_BUSY between slices */
+    mlr_render *hash;       /* the hashing pass of a signed rendering, while it runs */
+    mlr_dkim_body body;     /* its body hash */
+    size_t skip;            /* header octets it has yet to skip */
     uint8_t *out;
     size_t out_cap;
     const mlr_dkim *dk;     /* sign with this (NULL: no signature) */
@@ -1053,6 +1063,10 @@ void mlr_render_free(mlr_render *r)
     mlr_alloc a;
     if (!r)
         return;
+    if (r->hash) {
+        mlr_render_free(r->hash);
+        mlr_dkim_body_free(&r->body);
+    }
     if (r->fp)
         fclose(r->fp);
     mlr_buf_free(&r->sig);
@@ -1066,11 +1080,72 @@ const char *mlr_render_error(const mlr_render *r) { return r->err; }
 static int render_fail(mlr_render *r, int code, const part *p, const char *msg)
 {
     snprintf(r->err, sizeof r->err, "%.60s: %.190s", p->field, msg);
+    r->failed = code;
     return code;
 }
 
+/* The rendering whose source is wanted: the hashing pass while it runs. */
+static mlr_render *active(mlr_render *r)
+{
+    while (r->hash)
+        r = r->hash;
+    return r;
+}
+
+long mlr_render_need(const mlr_render *r)
+{
+    r = active((mlr_render *)r);
+    return r->need ? (long)r->need->push_id : -1;
+}
+
+/* A producer's octet count against its announced size. */
+static int size_check(mlr_render *r, const part *p, int at_end)
+{
+    char msg[200];
+    if (p->size < 0 || (at_end ? r->src_got == (uint64_t)p->size : r->src_got <= (uint64_t)p->size))
+        return MLR_OK;
+    snprintf(msg, sizeof msg, "the source %s than its announced size of %lld octets%s",
+             at_end ? "ended with fewer octets" : "yielded more octets",
+             (long long)p->size, p->src == SRC_FILE ? " (the file changed while it was read)" : "");
+    return render_fail(r, p->src == SRC_FILE ? MLR_ERR_IO : MLR_ERR_INPUT, p, msg);
+}
+
+int mlr_render_supply(mlr_render *r, const uint8_t *p, size_t n, int end)
+{
+    r = active(r);
+    if (r->failed)
+        return r->failed;
+    if (!r->need || r->fn_left)
+        return MLR_ERR_STATE;
+    if (end && n == 0) {
+        r->push_end = 1;
+        return MLR_OK;
+    }
+    r->src_got += n;
+    if (size_check(r, r->need, 0))
+        return r->failed;
+    r->fn_ptr = p;
+    r->fn_left = n;
+    return MLR_OK;
+}
+
+void mlr_render_supply_error(mlr_render *r, const char *msg)
+{
+    r = active(r);
+    if (!r->failed && r->need) {
+        char full[220];
+        snprintf(full, sizeof full, "source failed: %.190s", msg);
+        render_fail(r, MLR_ERR_IO, r->need, full);
+    }
+}
+
+void mlr_render_set_stepped(mlr_render *r, int on) { r->stepped = on; }
+
+/* read_block's "a push source must be supplied first" (not an mlr_err). */
+#define READ_NEED (-1000)
+
 /* Read the next input block of a body into r->out's tail; returns bytes,
- * 0 at the end, or a negative error. Sets *ptr to the bytes. */
+ * 0 at the end, READ_NEED, or a negative error. Sets *ptr to the bytes. */
 static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
 {
     if (p->src == SRC_MEM) {
@@ -1089,6 +1164,9 @@ static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
             snprintf(msg, sizeof msg, "reading '%.100s' failed: %s", p->path, strerror(errno));
             return render_fail(r, MLR_ERR_IO, p, msg);
         }
+        r->src_got += n;
+        if (size_check(r, p, n == 0))   /* SIZE= and the encoded size were announced */
+            return r->failed;
         *ptr = in;
         return (long)n;
     }
@@ -1109,17 +1187,35 @@ static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
     }
     /* a producer may hand out chunks of any size: encode them in slices */
     while (r->fn_left == 0) {
-        char msg[200] = "the source failed";
-        int rc = p->fn(p->ud, &r->fn_ptr, &r->fn_left, msg, sizeof msg);
-        if (rc < 0)
-            return render_fail(r, rc, p, msg);
+        int rc;
+        if (p->src == SRC_PUSH) {
+            if (!r->push_end) {
+                r->need = p;
+                return READ_NEED;
+            }
+            r->need = NULL;
+            rc = 0;
+        } else {
+            char msg[200] = "the source failed";
+            rc = p->fn(p->ud, &r->fn_ptr, &r->fn_left, msg, sizeof msg);
+            if (rc < 0)
+                return render_fail(r, rc, p, msg);
+            if (rc == 1) {
+                r->src_got += r->fn_left;
+                if (size_check(r, p, 0))
+                    return r->failed;
+            }
+        }
         if (rc == 0) {
             r->fn_left = 0;
+            if (size_check(r, p, 1))
+                return r->failed;
             if (r->spool)
                 p->spooled = 1;
             return 0;
         }
     }
+    r->need = NULL;
     {
         size_t n = r->fn_left > IN_BLOCK ? IN_BLOCK : r->fn_left;
         *ptr = r->fn_ptr;
@@ -1167,57 +1263,79 @@ static int spool_open(mlr_render *r, part *p)
     return MLR_OK;
 }
 
+/* Octets of body the hashing pass handles per slice when stepped. */
+#define HASH_SLICE (1024 * 1024)
+
 /* The signing pass: render the message once without output, hash its
  * body, and make the DKIM-Signature field into r->sig. Producer sources
  * are spooled to a temporary file on the way, so the sending pass (and
- * any later rendering) reads them back from there. */
+ * any later rendering) reads them back from there. Returns MLR_OK when
+ * the field is made, MLR_RENDER_NEED / MLR_RENDER_BUSY to be called
+ * again, or an error. */
 static int sign_pass(mlr_render *r)
 {
     mlr_msg *m = r->m;
-    mlr_render *h = render_alloc(m, NULL);
-    mlr_dkim_body body;
     uint8_t bh[32];
-    size_t skip = m->head_len;
     const uint8_t *p;
-    size_t n;
+    size_t n, done = 0;
     int rc;
-    if (!h)
-        return MLR_ERR_NOMEM;
-    h->spool = 1;
-    if (mlr_dkim_body_init(&body, r->dk ? mlr_dkim_body_canon(r->dk) : 0)) {
-        mlr_render_free(h);
-        return MLR_ERR_NOMEM;
+    if (!r->hash) {
+        mlr_render *h = render_alloc(m, NULL);
+        if (!h)
+            return MLR_ERR_NOMEM;
+        h->spool = 1;
+        if (mlr_dkim_body_init(&r->body, r->dk ? mlr_dkim_body_canon(r->dk) : 0)) {
+            mlr_render_free(h);
+            return MLR_ERR_NOMEM;
+        }
+        r->hash = h;
+        r->skip = m->head_len;
     }
-    while ((rc = mlr_render_next(h, &p, &n)) == 1) {
-        if (skip) {   /* the header block is not part of the body */
-            size_t k = n < skip ? n : skip;
+    while ((rc = mlr_render_next(r->hash, &p, &n)) == 1) {
+        if (r->skip) {   /* the header block is not part of the body */
+            size_t k = n < r->skip ? n : r->skip;
             p += k;
             n -= k;
-            skip -= k;
+            r->skip -= k;
         }
         if (n)
-            mlr_dkim_body_update(&body, p, n);
+            mlr_dkim_body_update(&r->body, p, n);
+        done += n;
+        if (r->stepped && done >= HASH_SLICE)
+            return MLR_RENDER_BUSY;
     }
+    if (rc == MLR_RENDER_NEED)
+        return rc;
     if (rc < 0) {
-        memcpy(r->err, h->err, sizeof r->err);
-        mlr_dkim_body_free(&body);
-        mlr_render_free(h);
+        memcpy(r->err, r->hash->err, sizeof r->err);
+        r->failed = rc;
+    }
+    mlr_render_free(r->hash);
+    r->hash = NULL;
+    if (rc < 0) {
+        mlr_dkim_body_free(&r->body);
         return rc;
     }
-    mlr_render_free(h);
-    if (mlr_dkim_body_final(&body, bh))
-        return MLR_ERR_NOMEM;
+    rc = mlr_dkim_body_final(&r->body, bh);
+    mlr_dkim_body_free(&r->body);   /* (final may not free on failure) */
+    if (rc)
+        return r->failed = MLR_ERR_NOMEM;
     mlr_buf_reset(&r->sig);
-    return mlr_dkim_sign(r->dk, m->text_buf.data, m->head_len - 2, bh, &r->sig, r->err,
-                         sizeof r->err);
+    rc = mlr_dkim_sign(r->dk, m->text_buf.data, m->head_len - 2, bh, &r->sig, r->err,
+                       sizeof r->err);
+    if (rc < 0)
+        r->failed = rc;
+    return rc;
 }
 
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
 {
     mlr_msg *m = r->m;
+    if (r->failed)
+        return r->failed;
     if (r->dk && !r->signed_done) {
         int rc = sign_pass(r);
-        if (rc < 0)
+        if (rc != MLR_OK)
             return rc;
         r->signed_done = 1;
         *p = (const uint8_t *)r->sig.data;
@@ -1227,7 +1345,7 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
     for (;;) {
         op *o;
         part *pt;
-        const uint8_t *in;
+        const uint8_t *in = NULL;
         long got;
         size_t w;
         if (r->op >= m->nops)
@@ -1245,6 +1363,8 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
             r->mem_off = 0;
             r->src_done = 0;
             r->fn_left = 0;
+            r->src_got = 0;
+            r->push_end = 0;
             mlr_b64_init(&r->b64, 76);
             mlr_qp_init(&r->qp);
             if (pt->src == SRC_FILE) {
@@ -1255,7 +1375,7 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
                              strerror(errno));
                     return render_fail(r, MLR_ERR_IO, pt, msg);
                 }
-            } else if (pt->src == SRC_FN && !pt->spooled) {
+            } else if ((pt->src == SRC_FN || pt->src == SRC_PUSH) && !pt->spooled) {
                 if (pt->consumed)
                     return render_fail(r, MLR_ERR_INPUT, pt,
                                        "a source function can be read only once; "
@@ -1294,6 +1414,8 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
             return 1;
         }
         got = read_block(r, pt, &in);
+        if (got == READ_NEED)
+            return MLR_RENDER_NEED;
         if (got < 0)
             return (int)got;
         if (got == 0) {

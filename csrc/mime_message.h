@@ -15,9 +15,11 @@
 typedef struct mlr_msg mlr_msg;
 typedef struct mlr_render mlr_render;
 
-/* A producer of attachment bytes (the binding wraps a Lua function).
+/* A producer of attachment bytes called by the renderer (C callers).
  * Returns 1 with (*p, *n) set (valid until the next call), 0 at the end,
- * or a negative mlr_err after writing a message into errbuf. */
+ * or a negative mlr_err after writing a message into errbuf. The Lua
+ * binding uses push sources instead (mlr_src.push): the renderer never
+ * calls into Lua, it returns MLR_RENDER_NEED and the caller supplies. */
 typedef int (*mlr_source_fn)(void *ud, const uint8_t **p, size_t *n,
                              char *errbuf, size_t errlen);
 
@@ -49,7 +51,11 @@ typedef struct mlr_src {
     const char *path;   /* a file, streamed at render time */
     mlr_source_fn fn;   /* a producer, read once */
     void *ud;
-    int64_t size;       /* producer's announced size, or -1 */
+    int push;           /* a push source: bytes come through mlr_render_supply */
+    unsigned push_id;   /* the caller's number for it (mlr_render_need) */
+    int64_t size;       /* producer's announced size, or -1; a producer that
+                           yields a different number of octets fails the
+                           rendering with MLR_ERR_INPUT */
 } mlr_src;
 
 /* Builder calls. Each returns MLR_OK, MLR_ERR_INPUT (detail from
@@ -118,8 +124,30 @@ mlr_render *mlr_render_new(mlr_msg *m);
  * of the message's own signer; d NULL: as mlr_render_new. */
 mlr_render *mlr_render_new_dkim(mlr_msg *m, const mlr_dkim *d);
 /* Next piece: 1 with (*p, *n) set (valid until the next call), 0 at the
- * end, negative mlr_err on failure (text from mlr_render_error). */
+ * end, negative mlr_err on failure (text from mlr_render_error; failures
+ * are sticky), or:
+ *   MLR_RENDER_NEED  a push source must be supplied first: mlr_render_need
+ *                    names it, mlr_render_supply hands its bytes in;
+ *   MLR_RENDER_BUSY  (stepped renderings only) a bounded piece of work was
+ *                    done (a slice of the DKIM hashing pass); call again.
+ * A rendering that is not stepped runs the hashing pass in one call. */
+#define MLR_RENDER_NEED 2
+#define MLR_RENDER_BUSY 3
 int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n);
+/* The push_id of the source a MLR_RENDER_NEED waits for, or -1. */
+long mlr_render_need(const mlr_render *r);
+/* Hand in the next bytes of the source mlr_render_need named: n > 0 bytes
+ * (borrowed until mlr_render_next next returns MLR_RENDER_NEED, 0 or an
+ * error), n == 0 with end set for its end; n == 0 without end is an empty
+ * read and changes nothing. Returns MLR_OK, MLR_ERR_STATE when nothing
+ * was needed, or MLR_ERR_INPUT (sticky) when the source went past its
+ * announced size. */
+int mlr_render_supply(mlr_render *r, const uint8_t *p, size_t n, int end);
+/* The source failed (raised or returned nil, err): sticky MLR_ERR_IO. */
+void mlr_render_supply_error(mlr_render *r, const char *msg);
+/* Stepped: the hashing pass of a signed rendering returns MLR_RENDER_BUSY
+ * after each bounded slice instead of running to its end in one call. */
+void mlr_render_set_stepped(mlr_render *r, int on);
 const char *mlr_render_error(const mlr_render *r);
 /* Free a rendering; safe after its message was freed (it only frees its own). */
 void mlr_render_free(mlr_render *r);

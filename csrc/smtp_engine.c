@@ -66,6 +66,7 @@ struct mlr_smtp {
     mlr_smtp_txn *txq[MLR_SMTP_MAX_TXN];
     size_t ntx;
     mlr_smtp_txn *body;   /* transaction whose body is being sent */
+    int body_wait;        /* its source returned MLR_BODY_WAIT */
     mlr_dot dot;
     mlr_buf chunk;        /* BDAT: the chunk being filled */
     size_t ccol;          /* BDAT: octets on the current line */
@@ -164,6 +165,7 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
     e->out_pos = 0;
     e->qlen = 0;
     e->body = NULL;
+    e->body_wait = 0;
     if (quit && e->state != ST_CLOSED && !e->quitting) {
         e->quitting = 1;
         add_line(e, "QUIT", 4, NULL);
@@ -1403,6 +1405,10 @@ static void fill_bdat(mlr_smtp *e)
         const uint8_t *p = NULL;
         size_t n = 0;
         int rc = t->read(t->read_ud, &p, &n), paused = 0;
+        if (rc == MLR_BODY_WAIT) {
+            e->body_wait = 1;
+            return;
+        }
         if (rc < 0) {
             read_failed(e, t, rc);
             return;
@@ -1421,6 +1427,7 @@ static void fill_bdat(mlr_smtp *e)
             }
             t->bdat_last = 1;
             t->phase = P_DOT;
+            t->body_done = 1;
             e->body = NULL;
             e->need_rset = 0;  /* LAST ends the transaction, whatever its reply */
             e->step_id++;
@@ -1467,6 +1474,10 @@ static void fill_body(mlr_smtp *e)
         const uint8_t *p = NULL;
         size_t n = 0, w = 0;
         int rc = t->read(t->read_ud, &p, &n);
+        if (rc == MLR_BODY_WAIT) {
+            e->body_wait = 1;
+            return;
+        }
         if (rc < 0) {
             read_failed(e, t, rc);
             return;
@@ -1480,6 +1491,7 @@ static void fill_body(mlr_smtp *e)
             }
             trace(e, 'C', ".", 1);
             t->phase = P_DOT;
+            t->body_done = 1;
             e->body = NULL;
             e->need_rset = 0;  /* the dot ends the transaction, whatever its reply */
             e->step_id++;
@@ -1509,7 +1521,7 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
         *p = NULL;
         return 0;
     }
-    if (e->body && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
+    if (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
         fill_body(e);
     /* no arithmetic on a NULL buffer: nothing was ever queued */
     *p = e->out.data ? (const uint8_t *)e->out.data + e->out_pos : NULL;
@@ -1532,8 +1544,10 @@ int mlr_smtp_want(mlr_smtp *e)
     int w = 0;
     if (e->status.err)
         return e->status.err;
-    if (e->out.len > e->out_pos || e->body)
+    if (e->out.len > e->out_pos || (e->body && !e->body_wait))
         w |= MLR_WANT_WRITE;
+    if (e->body && e->body_wait)
+        w |= MLR_WANT_BODY;
     if (e->state == ST_TLS_WAIT)
         return w ? w : MLR_WANT_TLS;
     if (e->qlen)
@@ -1542,6 +1556,9 @@ int mlr_smtp_want(mlr_smtp *e)
         w |= MLR_WANT_DONE;
     return w;
 }
+
+void mlr_smtp_body_resume(mlr_smtp *e) { e->body_wait = 0; }
+mlr_smtp_txn *mlr_smtp_body_txn(const mlr_smtp *e) { return e->body; }
 
 /* ---- simple commands ---- */
 

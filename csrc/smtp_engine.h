@@ -9,6 +9,9 @@
  *   if (w & MLR_WANT_READ)     read; mlr_smtp_feed(e, buf, n), or
  *                              mlr_smtp_eof(e) on end of stream;
  *   if (w & MLR_WANT_TLS)      TLS handshake; mlr_smtp_tls_done(e);
+ *   if (w & MLR_WANT_BODY)     the body source is waiting on its owner (a
+ *                              push source to supply, a slice of signing
+ *                              work): act, then mlr_smtp_body_resume(e);
  *   if (w & MLR_WANT_DONE)     the session has ended (QUIT answered);
  *   w == 0                     idle: connected, nothing outstanding.
  * Session setup (greeting, EHLO/HELO, STARTTLS, AUTH) starts on creation;
@@ -45,7 +48,8 @@ enum {
     MLR_WANT_READ = 1,
     MLR_WANT_WRITE = 2,
     MLR_WANT_TLS = 4,
-    MLR_WANT_DONE = 8
+    MLR_WANT_DONE = 8,
+    MLR_WANT_BODY = 16
 };
 
 /* DSN NOTIFY values (RFC 3461). */
@@ -61,7 +65,10 @@ enum {
 typedef void (*mlr_smtp_trace_fn)(void *ud, char dir, const char *line, size_t len);
 
 /* Body source: 1 with (*p, *n) set (valid until the next call), 0 at the
- * end, negative mlr_err on failure. Same signature as mlr_render_next. */
+ * end, negative mlr_err on failure, or MLR_BODY_WAIT: nothing now, the
+ * source waits on its owner (want() says MLR_WANT_BODY until
+ * mlr_smtp_body_resume). Same signature as mlr_render_next. */
+#define MLR_BODY_WAIT 2
 typedef int (*mlr_body_fn)(void *ud, const uint8_t **p, size_t *n);
 
 typedef struct mlr_smtp_opts {
@@ -130,6 +137,7 @@ typedef struct mlr_smtp_txn {
     size_t naccepted;
     mlr_buf text;                /* texts of the per-recipient replies */
     uint64_t body_sent;          /* octets read from the body source so far */
+    int body_done;               /* the final dot / BDAT LAST went into the output */
 
     /* engine-private */
     const mlr_alloc *a;
@@ -163,6 +171,10 @@ int mlr_smtp_eof(mlr_smtp *e);
  * May pull the body from a transaction's reader (a reader failure makes
  * it return 0 with a fatal error set). */
 size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p);
+/* The body source that returned MLR_BODY_WAIT can be read again. */
+void mlr_smtp_body_resume(mlr_smtp *e);
+/* The transaction whose body is being read, or NULL. */
+mlr_smtp_txn *mlr_smtp_body_txn(const mlr_smtp *e);
 /* n of the pending bytes were written. */
 void mlr_smtp_consume(mlr_smtp *e, size_t n);
 /* The TLS handshake the engine asked for succeeded: MLR_OK or MLR_ERR_STATE. */

@@ -335,6 +335,79 @@ function M.message(t)
   return core.msg_finish(m)
 end
 
+---------------------------------------------------------------------------
+-- rendering: msg:render() and msg:chunks() drive a core rendering (C never
+-- calls Lua): when it needs bytes from a source function it returns that
+-- function; we call it here (so it may yield wherever the caller's
+-- coroutine may) and hand its result back.
+---------------------------------------------------------------------------
+
+local msg_methods = core.message_methods
+
+-- The next piece of rendering r: bytes | nil (the end) | nil, err.
+local function next_piece(r)
+  while true do
+    local piece, src = r:next()
+    if type(piece) == "string" then return piece end
+    if piece == false then
+      local ok, err = r:supply(pcall(src))
+      if not ok then return nil, err end
+    elseif piece == nil then
+      return nil, src
+    end   -- true: a slice of signing work; go on
+  end
+end
+
+-- msg:render() -> the whole message as a string | nil, err
+function msg_methods.render(m)
+  local r = core.render(m)
+  local parts, n = {}, 0
+  while true do
+    local piece, err = next_piece(r)
+    if not piece then
+      if err then return nil, err end
+      return concat(parts)
+    end
+    n = n + 1
+    parts[n] = piece
+  end
+end
+
+-- msg:chunks([size]) -> iterator over pieces of at most size octets (64 KiB
+-- by default) of the rendered message; an error is raised, never a
+-- silently short message.
+function msg_methods.chunks(m, size)
+  if size == nil then size = 65536 end
+  if type(size) ~= "number" or size < 1 or size > 2 ^ 30 or size ~= math.floor(size) then
+    error("bad argument #1 to 'chunks' (size must be an integer 1 .. 2^30)", 2)
+  end
+  local r = core.render(m)
+  local pend, off, done = "", 1, false
+  return function()
+    core.msg_check(m)   -- closed between two chunks: an error, not a short message
+    if done then return nil end
+    local buf, have = {}, 0
+    while have < size do
+      if off > #pend then
+        local piece, err = next_piece(r)
+        if not piece then
+          done = true
+          if err then error(err, 0) end
+          break
+        end
+        pend, off = piece, 1
+      end
+      local take = #pend - off + 1
+      if take > size - have then take = size - have end
+      buf[#buf + 1] = (off == 1 and take == #pend) and pend or pend:sub(off, off + take - 1)
+      off = off + take
+      have = have + take
+    end
+    if have == 0 then return nil end
+    return concat(buf)
+  end
+end
+
 -- Write a message into an outbox directory as <time>-<id>.eml, atomically
 -- (a temporary file renamed into place), with the envelope in a .json
 -- file beside it. Returns a receipt with the path.

@@ -1,17 +1,18 @@
 -- mailer.smtp: sending over SMTP (API.md "Sending").
 --
 -- Checks the options of mailer.connect / conn:send / conn:send_many (wrong
--- types raise, bad values return nil, err), then hands them to the C core:
--- core.smtp_connect makes a mailer.Connection whose raw methods (_send,
--- _send_many, noop, reset, close) do the protocol work; the public methods
--- are added here to the same methods table.
+-- types raise, bad values return nil, err) in this one place, then hands
+-- them to the one driver (mailer.driver), which runs the C engine over the
+-- socket that `socket =` picks; the public send / send_many are added here
+-- to the driver's methods over its raw _send / _send_many.
 local core = require "mailer.core"
+local driver = require "mailer.driver"
 
 local type, pairs, ipairs, error, tostring, select = type, pairs, ipairs, error, tostring, select
 local floor = math.floor
 
 local M = {}
-local methods = core.connection_methods
+local methods = driver.methods
 
 -- An error object of kind "input" (returned, not raised).
 local function input_error(field, message)
@@ -80,8 +81,8 @@ function M.connect(opts)
     error("bad argument #1 to 'connect' (host: string expected, got nil)", 3)
   end
   local sock = opts.socket
-  if sock ~= nil and sock ~= false and type(sock) ~= "table" and type(sock) ~= "userdata" then
-    bad_option(F, "socket", "cosocket", sock)
+  if sock ~= nil and sock ~= false and type(sock) ~= "string" and type(sock) ~= "table" and type(sock) ~= "userdata" then
+    bad_option(F, "socket", "string or cosocket", sock)
   end
   local c = {
     host = opts.host, helo = opts.helo, username = opts.username, password = opts.password,
@@ -154,15 +155,9 @@ function M.connect(opts)
   if c.username and not (c.password or c.token) then
     return input_error("password", "a password or token is required with a username")
   end
-  -- a cosocket given, or inside nginx where one can yield: the cosocket
-  -- driver (socket = false forces the blocking C transport)
-  if sock then
-    return require("mailer.resty").connect(c, sock)
-  end
-  if sock == nil and rawget(_G, "ngx") and require("mailer.resty").available() then
-    return require("mailer.resty").connect(c)
-  end
-  return core.smtp_connect(c)
+  local kind, s = driver.socket(sock)
+  if not kind then return nil, s end
+  return driver.connect(c, kind, s)
 end
 
 -- Check and copy send options; returns the copy, or nil, err.
@@ -289,13 +284,6 @@ function methods:send_many(items, opts)
     return m
   end
   return self:_send_many(produce, o)
-end
-
--- conn:setkeepalive(timeout_ms, pool_size): only for cosocket connections
--- (mailer.resty has the real one).
-function methods:setkeepalive()
-  return nil, core.error { kind = "unsupported",
-    message = "setkeepalive needs an OpenResty cosocket connection" }
 end
 
 -- mailer.send(msg_or_table, server [, opts]) -> receipt | nil, err
