@@ -183,7 +183,8 @@ end
 -- and callbacks stop; returns ok, results...
 local function keep(self, ok, ...)
   if not ok then
-    self.cb_failed = true
+    self.cb_failed = true   -- no more callbacks in this send
+    self.cb_new = true      -- after_callback has yet to act on it
     self.cb_err = ...
   end
   return ok, ...
@@ -230,8 +231,11 @@ end
 -- send them twice); anything else is given up, the connection closed.
 -- Returns true when driving may go on.
 local function after_callback(self)
-  if not (self.cb_failed or self.close_requested) then return true end
+  if not (self.cb_new or self.close_requested) then return true end
+  local cb_new = self.cb_new
+  self.cb_new = false
   for _, rec in ipairs(self.inflight or {}) do
+    if cb_new and not rec.done then rec.cb_err = self.cb_err end
     if not rec.done and not self.e:sent(rec.slot) then
       local why = self.cb_failed and ("a callback raised an error: " .. tostring(self.cb_err))
         or "the connection was closed by one of its callbacks"
@@ -424,7 +428,7 @@ end
 local function end_send(self)
   local cb_err = self.cb_err
   self.progress, self.inflight = nil, nil
-  self.cb_failed, self.cb_err = false, nil
+  self.cb_failed, self.cb_new, self.cb_err = false, false, nil
   if self.close_requested then
     self.close_requested = false
     finish(self)
@@ -450,7 +454,8 @@ end
 
 -- The outcome of a finished record as send returns it, with a callback
 -- error attached when there was one.
-local function outcome(rec, cb_err)
+local function outcome(rec)
+  local cb_err = rec.cb_err
   if rec.res then
     if cb_err ~= nil then rec.res.callback_error = cb_err end
     return rec.res
@@ -472,30 +477,37 @@ function methods:_send(msg, opts)
     poll(self, rec)
   end
   local sent_whole = rec.res ~= nil or (rec.err and rec.err.kind == "smtp")
-  local cb_err = end_send(self)
-  if cb_err ~= nil and not sent_whole then
+  end_send(self)
+  if rec.cb_err ~= nil and not sent_whole then
     -- given up before the server had the whole message: nothing was
     -- delivered, so the callback's own error is what the caller sees
-    error(cb_err, 0)
+    error(rec.cb_err, 0)
   end
-  return outcome(rec, cb_err)
+  return outcome(rec)
 end
 
 -- conn:_send_many(produce, opts) -> results; produce() returns a message,
 -- false plus an error object, or nil at the end. Two messages are in
 -- flight, so the next one's commands go out behind the previous final dot.
--- Never raises for a callback: results.callback_error holds its error, the
--- message it hit has {error = err}, and no further message is produced.
+-- Never raises for a callback: results.callback_error holds the first
+-- error; the messages in flight when it was raised carry it too (a receipt
+-- with callback_error when the server had the whole message, else {error
+-- = err}); trace and progress are not called again in this send_many. An
+-- error raised by the producer ends the production.
 function methods:_send_many(produce, opts)
   check_open(self, "send_many")
   local results, count, exhausted, order = {}, 0, false, {}
+  local producer_err
   self.progress = opts and opts.progress
   self.inflight = order
   self.busy = true
   while true do
-    while not exhausted and #order < 2 and not self.cb_failed and not self.close_requested do
-      local okp, m, merr = callback(self, produce)
-      if not okp then break end
+    while not exhausted and #order < 2 and not self.close_requested do
+      local okp, m, merr = pcall(produce)
+      if not okp then
+        exhausted, producer_err = true, m
+        break
+      end
       if m == nil then
         exhausted = true
         break
@@ -523,12 +535,13 @@ function methods:_send_many(produce, opts)
       self.e:fail("network", "send did not complete", true)
       poll(self, first)
     end
-    local res, err = outcome(first, self.cb_err)
+    local res, err = outcome(first)
     results[first.index] = res or { error = err }
     table.remove(order, 1)
   end
   self.busy = false
   local cb_err = end_send(self)
+  if cb_err == nil then cb_err = producer_err end
   if cb_err ~= nil then results.callback_error = cb_err end
   return results
 end
