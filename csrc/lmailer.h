@@ -1,4 +1,5 @@
-/* lmailer.h - internal header shared by the Lua binding files (lmailer*.c).
+/* lmailer.h - internal header shared by the Lua binding files (lmailer*.c,
+ * lsocket.c).
  * Only binding files include lua.h; the core (everything else in csrc/)
  * never does. */
 #ifndef LMAILER_H
@@ -66,8 +67,16 @@ void mlr_lua_push_needed(lua_State *L, int idx, const struct mlr_render *r);
  * render error; MLR_ERR_STATE when r asked for nothing. */
 int mlr_lua_supply(lua_State *L, struct mlr_render *r, int uv, int first);
 
+struct mlr_sock;
+/* The core socket behind the mailer.Socket at idx, for bindings that
+ * write to it from C (mlr_sock_write with a negative timeout uses the
+ * socket's send timeout); NULL when idx is not an open mailer.Socket.
+ * Bytes that receive() buffered in the userdata are not visible there. */
+struct mlr_sock *mlr_lua_tosocket(lua_State *L, int idx);
+
 /* Registration of each binding part into the module table at the top. */
 void mlr_open_message(lua_State *L);
 void mlr_open_smtp(lua_State *L);
+void mlr_open_socket(lua_State *L);
 
 #endif

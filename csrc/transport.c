@@ -1,15 +1,23 @@
-/* transport.c - TCP + OpenSSL driver of the SMTP engine. See transport.h.
+/* transport.c - TCP + OpenSSL for the SMTP engine. See transport.h.
  *
- * Deadlines are absolute per step: the engine's step id changes when a
- * reply completes or a data block is produced, and only then is the
- * deadline moved, so a server that trickles one octet a second still
- * times out. SIGPIPE is avoided with MSG_NOSIGNAL, also under TLS through
- * a small BIO of our own that uses send()/recv(). */
+ * One connection state (struct wire: descriptor, SSL objects, names) and
+ * one set of helpers (connect over every address, poll with absolute
+ * deadlines, the TLS setup, the error wording) serve both faces: mlr_conn,
+ * which drives the engine itself, and mlr_sock, a plain blocking socket
+ * for drivers written in Lua.
+ *
+ * mlr_conn's deadlines are absolute per step: the engine's step id changes
+ * when a reply completes or a data block is produced, and only then is the
+ * deadline moved, so a server that trickles one octet a second still times
+ * out; mlr_sock's are absolute per call. SIGPIPE is avoided with
+ * MSG_NOSIGNAL, also under TLS through a small BIO of our own that uses
+ * send()/recv(). */
 #include "transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,20 +38,70 @@
 #define MSG_NOSIGNAL 0   /* platforms with SO_NOSIGPIPE set it on the socket */
 #endif
 
-struct mlr_conn {
-    const mlr_alloc *a;
+#define SOCK_DEFAULT_TIMEOUT 30000   /* ms */
+
+/* What both faces share: the socket, its TLS objects and the names used
+ * in messages and checks. */
+typedef struct wire {
     int fd;
     SSL_CTX *ctx;
     SSL *ssl;
     BIO_METHOD *biom;   /* our socket BIO's method, one per connection (no global state) */
-    double timeout;
+    int verify;
+    int ca_loaded;      /* ctx has a trust store */
+    int tls_up;         /* the handshake completed */
+    int tls_dead;       /* a fatal TLS error or a broken write: no close_notify */
+    unsigned port;
     char host[256];
     char servername[256];
-    unsigned port;
+} wire;
+
+struct mlr_conn {
+    const mlr_alloc *a;
+    wire w;
+    double timeout;
     mlr_tls_opts tls;
-    int verify;
     uint8_t rbuf[16384];
 };
+
+struct mlr_sock {
+    const mlr_alloc *a;
+    wire w;
+    int connect_ms, send_ms, read_ms;
+};
+
+/* Where an error message goes, and whether the failure is temporary. */
+typedef struct xerr {
+    char *msg;
+    size_t cap;
+    int temporary;
+} xerr;
+
+/* Record an error: the message and the temporary flag; returns code. */
+static int fail(xerr *x, int code, int temporary, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+static int fail(xerr *x, int code, int temporary, const char *fmt, ...)
+{
+    va_list ap;
+    x->temporary = temporary;
+    va_start(ap, fmt);
+    vsnprintf(x->msg, x->cap, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* An error sink on buf, or on spare (one byte) when the caller gave none. */
+static void xerr_init(xerr *x, char *buf, size_t cap, char *spare)
+{
+    x->msg = buf && cap ? buf : spare;
+    x->cap = buf && cap ? cap : 1;
+    x->msg[0] = '\0';
+    x->temporary = 0;
+}
 
 /* Monotonic time in milliseconds. */
 static int64_t now_ms(void)
@@ -53,68 +111,12 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-mlr_conn *mlr_conn_new(const mlr_alloc *a)
-{
-    mlr_conn *c = mlr_malloc(a, sizeof *c);
-    if (!c)
-        return NULL;
-    memset(c, 0, sizeof *c);
-    c->a = a;
-    c->fd = -1;
-    return c;
-}
-
-void mlr_conn_close(mlr_conn *c)
-{
-    if (c->ssl) {
-        SSL_free(c->ssl);   /* no close_notify: SMTP ends with QUIT */
-        c->ssl = NULL;
-    }
-    if (c->biom) {   /* after SSL_free: the BIO used it */
-        BIO_meth_free(c->biom);
-        c->biom = NULL;
-    }
-    if (c->ctx) {
-        SSL_CTX_free(c->ctx);
-        c->ctx = NULL;
-    }
-    if (c->fd >= 0) {
-        close(c->fd);
-        c->fd = -1;
-    }
-}
-
-void mlr_conn_free(mlr_conn *c)
-{
-    if (!c)
-        return;
-    mlr_conn_close(c);
-    mlr_free(c->a, c, sizeof *c);
-}
-
-int mlr_conn_is_open(const mlr_conn *c) { return c->fd >= 0; }
-
-/* Fill a status. */
-static int st_set(mlr_smtp_status *st, int err, int temporary, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-
-static int st_set(mlr_smtp_status *st, int err, int temporary, const char *fmt, ...)
-{
-    va_list ap;
-    memset(st, 0, sizeof *st);
-    st->err = err;
-    st->temporary = temporary;
-    va_start(ap, fmt);
-    vsnprintf(st->message, sizeof st->message, fmt, ap);
-    va_end(ap);
-    return err;
-}
+/* The monotonic clock for callers (ms). */
+int64_t mlr_clock_ms(void) { return now_ms(); }
 
 /* ---- a socket BIO that never raises SIGPIPE ---- */
 
+/* BIO write: send() without SIGPIPE. */
 static int bio_write(BIO *b, const char *buf, int len)
 {
     int fd = *(int *)BIO_get_data(b);
@@ -126,6 +128,7 @@ static int bio_write(BIO *b, const char *buf, int len)
     return (int)n;
 }
 
+/* BIO read: recv(). */
 static int bio_read(BIO *b, char *buf, int len)
 {
     int fd = *(int *)BIO_get_data(b);
@@ -137,6 +140,7 @@ static int bio_read(BIO *b, char *buf, int len)
     return (int)n;
 }
 
+/* BIO control: only flush is answered (nothing is buffered here). */
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
     (void)b;
@@ -145,6 +149,7 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
     return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
+/* BIO creation: ready at once (the descriptor is set with BIO_set_data). */
 static int bio_create(BIO *b)
 {
     BIO_set_init(b, 1);
@@ -169,6 +174,42 @@ static BIO_METHOD *nosigpipe_method(void)
     return m;
 }
 
+/* ---- the shared connection state ---- */
+
+/* Close the connection: with notify, one non-blocking try at a TLS
+ * close_notify when the session is healthy. Keeps ctx (a setting). */
+static void wire_close(wire *w, int notify)
+{
+    if (w->ssl) {
+        if (notify && w->tls_up && !w->tls_dead) {
+            ERR_clear_error();
+            SSL_shutdown(w->ssl);
+        }
+        ERR_clear_error();
+        SSL_free(w->ssl);
+        w->ssl = NULL;
+    }
+    if (w->biom) {   /* after SSL_free: the BIO used it */
+        BIO_meth_free(w->biom);
+        w->biom = NULL;
+    }
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    w->tls_up = w->tls_dead = 0;
+}
+
+/* Free the SSL context (the trust store and client certificate). */
+static void wire_drop_ctx(wire *w)
+{
+    if (w->ctx) {
+        SSL_CTX_free(w->ctx);
+        w->ctx = NULL;
+    }
+    w->ca_loaded = 0;
+}
+
 /* ---- OpenSSL errors ---- */
 
 /* Append the OpenSSL error queue (and clear it) to buf. */
@@ -185,12 +226,12 @@ static void ssl_errors(char *buf, size_t cap)
 }
 
 /* Describe a failed handshake: the verification result first, in words. */
-static int tls_fail(mlr_conn *c, mlr_smtp_status *st, const char *what)
+static int tls_fail(wire *w, xerr *x, const char *what)
 {
-    long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    long vr = w->ssl ? SSL_get_verify_result(w->ssl) : X509_V_OK;
     char q[400] = "";
     const char *why = NULL;
-    if (c->verify && vr != X509_V_OK) {
+    if (w->verify && vr != X509_V_OK) {
         switch (vr) {
         case X509_V_ERR_CERT_HAS_EXPIRED:
             why = "the server certificate has expired";
@@ -214,13 +255,13 @@ static int tls_fail(mlr_conn *c, mlr_smtp_status *st, const char *what)
             why = X509_verify_cert_error_string(vr);
         }
         ERR_clear_error();
-        return st_set(st, MLR_ERR_TLS, 0, "TLS %s with %s failed: certificate verification: %s (%s)",
-                      what, c->servername[0] ? c->servername : c->host, why,
-                      X509_verify_cert_error_string(vr));
+        return fail(x, MLR_ERR_TLS, 0, "TLS %s with %s failed: certificate verification: %s (%s)",
+                    what, w->servername[0] ? w->servername : w->host, why,
+                    X509_verify_cert_error_string(vr));
     }
     ssl_errors(q, sizeof q);
-    return st_set(st, MLR_ERR_TLS, 0, "TLS %s with %s:%u failed%s%s", what, c->host, c->port,
-                  q[0] ? ": " : "", q[0] ? q : " (connection closed by the server)");
+    return fail(x, MLR_ERR_TLS, 0, "TLS %s with %s:%u failed%s%s", what, w->host, w->port,
+                q[0] ? ": " : "", q[0] ? q : " (connection closed by the server)");
 }
 
 /* Is s an IPv4 or IPv6 literal? */
@@ -230,70 +271,93 @@ static int is_ip(const char *s)
     return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
 }
 
-/* Build the SSL context: protocol floor, CA store, client certificate. */
-static int ctx_setup(mlr_conn *c, mlr_smtp_status *st)
+/* The system trust store into ctx. */
+static int ca_default(wire *w, xerr *x)
 {
+    char q[300] = "";
     ERR_clear_error();
-    c->ctx = SSL_CTX_new(TLS_client_method());
-    if (!c->ctx)
-        return tls_fail(c, st, "setup");
-    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    if (c->verify) {
-        int ok = 1;
-        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-        if (c->tls.cafile || c->tls.capath)
-            ok = SSL_CTX_load_verify_locations(c->ctx, c->tls.cafile, c->tls.capath);
-        else
-            ok = SSL_CTX_set_default_verify_paths(c->ctx);
-        if (!ok) {
-            char q[300] = "";
-            ssl_errors(q, sizeof q);
-            return st_set(st, MLR_ERR_TLS, 0, "cannot load the CA certificates (%s%s%s): %s",
-                          c->tls.cafile ? c->tls.cafile : "", c->tls.capath ? " " : "",
-                          c->tls.capath ? c->tls.capath : "", q);
-        }
-    } else {
-        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+    if (SSL_CTX_set_default_verify_paths(w->ctx) == 1) {
+        w->ca_loaded = 1;
+        return MLR_OK;
     }
-    if (c->tls.certfile) {
-        const char *key = c->tls.keyfile ? c->tls.keyfile : c->tls.certfile;
-        if (SSL_CTX_use_certificate_chain_file(c->ctx, c->tls.certfile) != 1 ||
-            SSL_CTX_use_PrivateKey_file(c->ctx, key, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(c->ctx) != 1) {
+    ssl_errors(q, sizeof q);
+    return fail(x, MLR_ERR_TLS, 0, "cannot load the CA certificates (): %s", q);
+}
+
+/* Build the SSL context: protocol floor, trust store (with load_ca: the
+ * files named in f, else the system store), client certificate. Failures
+ * to load f's files return file_err. On failure there is no context. */
+static int ctx_setup(wire *w, const mlr_tls_opts *f, int load_ca, int file_err, xerr *x)
+{
+    static const mlr_tls_opts none;
+    int rc;
+    if (!f)
+        f = &none;
+    wire_drop_ctx(w);
+    ERR_clear_error();
+    w->ctx = SSL_CTX_new(TLS_client_method());
+    if (!w->ctx)
+        return tls_fail(w, x, "setup");
+    SSL_CTX_set_min_proto_version(w->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(w->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (load_ca && (f->cafile || f->capath)) {
+        if (SSL_CTX_load_verify_locations(w->ctx, f->cafile, f->capath) != 1) {
             char q[300] = "";
             ssl_errors(q, sizeof q);
-            return st_set(st, MLR_ERR_TLS, 0, "cannot load the client certificate %s: %s",
-                          c->tls.certfile, q);
+            rc = fail(x, file_err, 0, "cannot load the CA certificates (%s%s%s): %s",
+                      f->cafile ? f->cafile : "", f->capath ? " " : "",
+                      f->capath ? f->capath : "", q);
+            wire_drop_ctx(w);
+            return rc;
+        }
+        w->ca_loaded = 1;
+    } else if (load_ca && (rc = ca_default(w, x))) {
+        wire_drop_ctx(w);
+        return rc;
+    }
+    if (f->certfile) {
+        const char *key = f->keyfile ? f->keyfile : f->certfile;
+        if (SSL_CTX_use_certificate_chain_file(w->ctx, f->certfile) != 1 ||
+            SSL_CTX_use_PrivateKey_file(w->ctx, key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(w->ctx) != 1) {
+            char q[300] = "";
+            ssl_errors(q, sizeof q);
+            rc = fail(x, file_err, 0, "cannot load the client certificate %s: %s", f->certfile, q);
+            wire_drop_ctx(w);
+            return rc;
         }
     }
     return MLR_OK;
 }
 
-/* Build the SSL object on the socket: our BIO, SNI, host-name check. */
-static int tls_setup(mlr_conn *c, mlr_smtp_status *st)
+/* Build the SSL object on the socket: our BIO, SNI, verification mode and
+ * the host-name check (no partial wildcards). */
+static int tls_setup(wire *w, xerr *x)
 {
     BIO_METHOD *m;
     BIO *bio;
-    const char *name = c->servername[0] ? c->servername : c->host;
+    const char *name = w->servername[0] ? w->servername : w->host;
     ERR_clear_error();
-    if (!c->ctx)
-        return st_set(st, MLR_ERR_TLS, 0, "TLS was not set up for this connection");
-    c->ssl = SSL_new(c->ctx);
-    if (!c->ssl || !(c->biom = m = nosigpipe_method()) || !(bio = BIO_new(m)))
-        return tls_fail(c, st, "setup");
-    BIO_set_data(bio, &c->fd);
-    SSL_set_bio(c->ssl, bio, bio);
+    if (!w->ctx)
+        return fail(x, MLR_ERR_TLS, 0, "TLS was not set up for this connection");
+    w->ssl = SSL_new(w->ctx);
+    if (!w->ssl || !(w->biom = m = nosigpipe_method()) || !(bio = BIO_new(m)))
+        return tls_fail(w, x, "setup");
+    BIO_set_data(bio, &w->fd);
+    SSL_set_bio(w->ssl, bio, bio);
     if (!is_ip(name))
-        SSL_set_tlsext_host_name(c->ssl, name);   /* SNI, even without verification */
-    if (c->verify) {
+        SSL_set_tlsext_host_name(w->ssl, name);   /* SNI, even without verification */
+    SSL_set_verify(w->ssl, w->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    if (w->verify) {
         int ok;
-        if (is_ip(name))
-            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), name);
-        else
-            ok = SSL_set1_host(c->ssl, name);
+        if (is_ip(name)) {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(w->ssl), name);
+        } else {
+            SSL_set_hostflags(w->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            ok = SSL_set1_host(w->ssl, name);
+        }
         if (ok != 1)
-            return tls_fail(c, st, "setup");
+            return tls_fail(w, x, "setup");
     }
     return MLR_OK;
 }
@@ -315,33 +379,36 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
-/* The TLS handshake, non-blocking with a deadline. */
-static int tls_handshake(mlr_conn *c, mlr_smtp_status *st)
+/* The TLS handshake, non-blocking, until deadline (seconds: for messages). */
+static int tls_handshake(wire *w, int64_t deadline, double seconds, xerr *x)
 {
-    int64_t deadline = now_ms() + (int64_t)(c->timeout * 1000);
     int rc;
-    if (!c->ssl && (rc = tls_setup(c, st)))
+    if (!w->ssl && (rc = tls_setup(w, x)))
         return rc;
     for (;;) {
-        int r, e, w;
+        int r, e, k;
         ERR_clear_error();
-        r = SSL_connect(c->ssl);
-        if (r == 1)
+        r = SSL_connect(w->ssl);
+        if (r == 1) {
+            w->tls_up = 1;
             return MLR_OK;
-        e = SSL_get_error(c->ssl, r);
-        if (e == SSL_ERROR_WANT_READ)
-            w = wait_fd(c->fd, POLLIN, deadline);
-        else if (e == SSL_ERROR_WANT_WRITE)
-            w = wait_fd(c->fd, POLLOUT, deadline);
-        else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-            return st_set(st, MLR_ERR_TLS, 1, "TLS handshake with %s:%u failed: %s", c->host, c->port,
-                          errno ? strerror(errno) : "connection closed by the server");
-        else
-            return tls_fail(c, st, "handshake");
-        if (w == 0)
-            return st_set(st, MLR_ERR_TIMEOUT, 1, "timeout during the TLS handshake (%g s)", c->timeout);
-        if (w < 0)
-            return st_set(st, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
+        }
+        e = SSL_get_error(w->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            k = wait_fd(w->fd, POLLIN, deadline);
+        } else if (e == SSL_ERROR_WANT_WRITE) {
+            k = wait_fd(w->fd, POLLOUT, deadline);
+        } else {
+            w->tls_dead = 1;
+            if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                return fail(x, MLR_ERR_TLS, 1, "TLS handshake with %s:%u failed: %s", w->host,
+                            w->port, errno ? strerror(errno) : "connection closed by the server");
+            return tls_fail(w, x, "handshake");
+        }
+        if (k == 0)
+            return fail(x, MLR_ERR_TIMEOUT, 1, "timeout during the TLS handshake (%g s)", seconds);
+        if (k < 0)
+            return fail(x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
     }
 }
 
@@ -382,86 +449,79 @@ static int connect_one(const struct addrinfo *ai, int64_t deadline)
     return fd;
 }
 
-int mlr_conn_open(mlr_conn *c, const mlr_conn_opts *o, mlr_smtp_status *st)
+/* Resolve host and connect to the first address that answers, within
+ * timeout_ms for each address (each_address) or for the whole call;
+ * seconds is the timeout as messages show it. Closes what was open. */
+static int wire_connect(wire *w, const char *host, unsigned port, int64_t timeout_ms,
+                        int each_address, double seconds, xerr *x)
 {
     struct addrinfo hints, *res = NULL, *ai;
-    char port[16], addr[INET6_ADDRSTRLEN + 2] = "";
-    int rc, err = 0, timed_out = 0;
-    memset(st, 0, sizeof *st);
-    mlr_conn_close(c);
-    if (!o->host || strlen(o->host) >= sizeof c->host ||
-        (o->tls.servername && strlen(o->tls.servername) >= sizeof c->servername))
-        return st_set(st, MLR_ERR_INPUT, 0, "host name too long");
-    snprintf(c->host, sizeof c->host, "%s", o->host);
-    snprintf(c->servername, sizeof c->servername, "%s", o->tls.servername ? o->tls.servername : "");
-    c->port = o->port;
-    c->timeout = o->timeout > 0 ? o->timeout : 30;
-    c->tls = o->tls;   /* file names are only used during this call and the handshakes */
-    c->verify = o->tls.verify;
+    char portstr[16], addr[INET6_ADDRSTRLEN + 2] = "";
+    int rc, err = 0;
+    int64_t deadline = now_ms() + timeout_ms;
+    wire_close(w, 1);
+    if (!host || strlen(host) >= sizeof w->host)
+        return fail(x, MLR_ERR_INPUT, 0, "host name too long");
+    snprintf(w->host, sizeof w->host, "%s", host);
+    w->port = port;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof port, "%u", o->port);
-    rc = getaddrinfo(o->host, port, &hints, &res);
+    snprintf(portstr, sizeof portstr, "%u", port);
+    rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc)
-        return st_set(st, MLR_ERR_NETWORK, 1, "cannot resolve %s: %s", o->host, gai_strerror(rc));
+        return fail(x, MLR_ERR_NETWORK, 1, "cannot resolve %s: %s", host, gai_strerror(rc));
     for (ai = res; ai; ai = ai->ai_next) {
-        int64_t deadline = now_ms() + (int64_t)(c->timeout * 1000);
-        c->fd = connect_one(ai, deadline);
-        if (c->fd >= 0)
+        if (each_address)
+            deadline = now_ms() + timeout_ms;
+        w->fd = connect_one(ai, deadline);
+        if (w->fd >= 0)
             break;
         err = errno;
-        timed_out |= err == ETIMEDOUT;
         if (ai->ai_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, addr, sizeof addr);
         else if (ai->ai_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, addr, sizeof addr);
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, addr,
+                      sizeof addr);
     }
     freeaddrinfo(res);
-    if (c->fd < 0) {
+    if (w->fd < 0) {
         if (err == ETIMEDOUT)
-            return st_set(st, MLR_ERR_TIMEOUT, 1, "timeout connecting to %s port %u (%g s)",
-                          o->host, o->port, c->timeout);
-        return st_set(st, MLR_ERR_NETWORK, 1, "cannot connect to %s port %u%s%s%s: %s", o->host,
-                      o->port, addr[0] ? " (" : "", addr, addr[0] ? ")" : "", strerror(err));
+            return fail(x, MLR_ERR_TIMEOUT, 1, "timeout connecting to %s port %u (%g s)", host,
+                        port, seconds);
+        return fail(x, MLR_ERR_NETWORK, 1, "cannot connect to %s port %u%s%s%s: %s", host, port,
+                    addr[0] ? " (" : "", addr, addr[0] ? ")" : "", strerror(err));
     }
-    (void)timed_out;
-    if (!o->no_tls && (rc = ctx_setup(c, st))) {
-        mlr_conn_close(c);
-        return rc;
-    }
-    if (o->implicit_tls && (rc = tls_handshake(c, st))) {
-        mlr_conn_close(c);
-        return rc;
-    }
-    c->tls.cafile = c->tls.capath = c->tls.certfile = c->tls.keyfile = c->tls.servername = NULL;
     return MLR_OK;
 }
 
 /* Write some bytes: count written, 0 when it would block, -1 on error. */
-static long conn_write(mlr_conn *c, const uint8_t *p, size_t n, int *want_read, char *why, size_t wl)
+static long wire_write_some(wire *w, const uint8_t *p, size_t n, int *want_read, char *why,
+                            size_t wl)
 {
     *want_read = 0;
-    if (n > INT32_MAX)
-        n = INT32_MAX;
-    if (c->ssl) {
+    if (n > INT_MAX)
+        n = INT_MAX;
+    if (w->ssl) {
         int r, e;
         ERR_clear_error();
-        r = SSL_write(c->ssl, p, (int)n);
+        r = SSL_write(w->ssl, p, (int)n);
         if (r > 0)
             return r;
-        e = SSL_get_error(c->ssl, r);
+        e = SSL_get_error(w->ssl, r);
         if (e == SSL_ERROR_WANT_WRITE)
             return 0;
         if (e == SSL_ERROR_WANT_READ) {
             *want_read = 1;
             return 0;
         }
-        snprintf(why, wl, "%s", e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "TLS write failed");
+        w->tls_dead = 1;
+        snprintf(why, wl, "%s",
+                 e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "TLS write failed");
         ssl_errors(why, wl);
         return -1;
     } else {
-        ssize_t r = send(c->fd, p, n, MSG_NOSIGNAL);
+        ssize_t r = send(w->fd, p, n, MSG_NOSIGNAL);
         if (r >= 0)
             return (long)r;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -471,30 +531,36 @@ static long conn_write(mlr_conn *c, const uint8_t *p, size_t n, int *want_read, 
     }
 }
 
-/* Read some bytes: count, 0 at EOF, -2 when it would block, -1 on error. */
-static long conn_read(mlr_conn *c, int *want_write, char *why, size_t wl)
+/* Read some bytes into buf: count, 0 at EOF, -2 when it would block, -1 on error. */
+static long wire_read_some(wire *w, uint8_t *buf, size_t cap, int *want_write, char *why,
+                           size_t wl)
 {
     *want_write = 0;
-    if (c->ssl) {
+    if (cap > INT_MAX)
+        cap = INT_MAX;
+    if (w->ssl) {
         int r, e;
         ERR_clear_error();
-        r = SSL_read(c->ssl, c->rbuf, sizeof c->rbuf);
+        r = SSL_read(w->ssl, buf, (int)cap);
         if (r > 0)
             return r;
-        e = SSL_get_error(c->ssl, r);
+        e = SSL_get_error(w->ssl, r);
         if (e == SSL_ERROR_WANT_READ)
             return -2;
         if (e == SSL_ERROR_WANT_WRITE) {
             *want_write = 1;
             return -2;
         }
-        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0))
+        if (e == SSL_ERROR_ZERO_RETURN ||
+            (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0))
             return 0;
-        snprintf(why, wl, "%s", e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "TLS read failed");
+        w->tls_dead = 1;
+        snprintf(why, wl, "%s",
+                 e == SSL_ERROR_SYSCALL && errno ? strerror(errno) : "TLS read failed");
         ssl_errors(why, wl);
         return -1;
     } else {
-        ssize_t r = recv(c->fd, c->rbuf, sizeof c->rbuf, 0);
+        ssize_t r = recv(w->fd, buf, cap, 0);
         if (r >= 0)
             return (long)r;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -502,6 +568,116 @@ static long conn_read(mlr_conn *c, int *want_write, char *why, size_t wl)
         snprintf(why, wl, "%s", strerror(errno));
         return -1;
     }
+}
+
+/* Write all n bytes before deadline (seconds: for messages). */
+static int write_all(wire *w, const uint8_t *p, size_t n, int64_t deadline, double seconds, xerr *x)
+{
+    while (n > 0) {
+        char why[400];
+        int want_read, k;
+        long r = wire_write_some(w, p, n, &want_read, why, sizeof why);
+        if (r > 0) {
+            p += r;
+            n -= (size_t)r;
+            continue;
+        }
+        if (r < 0)
+            return fail(x, MLR_ERR_NETWORK, 1, "connection to %s port %u lost while sending: %s",
+                        w->host, w->port, why);
+        k = wait_fd(w->fd, want_read ? POLLIN : POLLOUT, deadline);
+        if (k == 0)
+            return fail(x, MLR_ERR_TIMEOUT, 1, "timeout sending to %s port %u (%g s)", w->host,
+                        w->port, seconds);
+        if (k < 0)
+            return fail(x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
+    }
+    return MLR_OK;
+}
+
+/* ---- mlr_conn: the driver of the engine ---- */
+
+mlr_conn *mlr_conn_new(const mlr_alloc *a)
+{
+    mlr_conn *c = mlr_malloc(a, sizeof *c);
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof *c);
+    c->a = a;
+    c->w.fd = -1;
+    return c;
+}
+
+void mlr_conn_close(mlr_conn *c)
+{
+    wire_close(&c->w, 0);   /* no close_notify: SMTP ends with QUIT */
+    wire_drop_ctx(&c->w);
+}
+
+void mlr_conn_free(mlr_conn *c)
+{
+    if (!c)
+        return;
+    mlr_conn_close(c);
+    mlr_free(c->a, c, sizeof *c);
+}
+
+int mlr_conn_is_open(const mlr_conn *c) { return c->w.fd >= 0; }
+
+/* Turn the result of a helper into a status (the message is already in it). */
+static int st_from(mlr_smtp_status *st, int rc, const xerr *x)
+{
+    st->err = rc;
+    st->temporary = x->temporary;
+    return rc;
+}
+
+/* An error sink writing into a status's message. */
+static void st_sink(mlr_smtp_status *st, xerr *x)
+{
+    memset(st, 0, sizeof *st);
+    x->msg = st->message;
+    x->cap = sizeof st->message;
+    x->temporary = 0;
+}
+
+/* The handshake of a connection, with its per-step timeout. */
+static int conn_handshake(mlr_conn *c, mlr_smtp_status *st)
+{
+    xerr x;
+    int rc;
+    st_sink(st, &x);
+    rc = tls_handshake(&c->w, now_ms() + (int64_t)(c->timeout * 1000), c->timeout, &x);
+    return rc ? st_from(st, rc, &x) : MLR_OK;
+}
+
+int mlr_conn_open(mlr_conn *c, const mlr_conn_opts *o, mlr_smtp_status *st)
+{
+    xerr x;
+    int rc;
+    st_sink(st, &x);
+    mlr_conn_close(c);
+    if (!o->host || strlen(o->host) >= sizeof c->w.host ||
+        (o->tls.servername && strlen(o->tls.servername) >= sizeof c->w.servername))
+        return st_from(st, fail(&x, MLR_ERR_INPUT, 0, "host name too long"), &x);
+    snprintf(c->w.servername, sizeof c->w.servername, "%s",
+             o->tls.servername ? o->tls.servername : "");
+    c->timeout = o->timeout > 0 ? o->timeout : 30;
+    c->tls = o->tls;   /* file names are only used during this call and the handshakes */
+    c->w.verify = o->tls.verify;
+    rc = wire_connect(&c->w, o->host, o->port, (int64_t)(c->timeout * 1000), 1, c->timeout, &x);
+    if (rc)
+        return st_from(st, rc, &x);
+    if (!o->no_tls && (rc = ctx_setup(&c->w, &c->tls, c->w.verify, MLR_ERR_TLS, &x))) {
+        mlr_conn_close(c);
+        return st_from(st, rc, &x);
+    }
+    if (o->implicit_tls && (rc = conn_handshake(c, st))) {
+        mlr_conn_close(c);
+        return rc;
+    }
+    c->tls.cafile = c->tls.capath = c->tls.certfile = c->tls.keyfile = c->tls.servername = NULL;
+    return MLR_OK;
 }
 
 /* Best-effort, non-blocking write of what the engine still has (a QUIT). */
@@ -511,10 +687,10 @@ static void flush_polite(mlr_conn *c, mlr_smtp *e)
     size_t n;
     int wr;
     char why[64];
-    if (c->fd < 0)
+    if (c->w.fd < 0)
         return;
     n = mlr_smtp_pending(e, &p);
-    if (n > 0 && conn_write(c, p, n, &wr, why, sizeof why) > 0)
+    if (n > 0 && wire_write_some(&c->w, p, n, &wr, why, sizeof why) > 0)
         mlr_smtp_consume(e, n);
 }
 
@@ -536,7 +712,7 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
             return rc < 0 ? rc : MLR_OK;
         if (w == 0 || (w & MLR_WANT_DONE))
             return MLR_OK;
-        if (c->fd < 0)
+        if (c->w.fd < 0)
             return mlr_smtp_fail(e, MLR_ERR_NETWORK, 1, "the connection is closed");
         if (mlr_smtp_step_id(e) != step) {
             step = mlr_smtp_step_id(e);
@@ -544,7 +720,7 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
         }
         if (w & MLR_WANT_TLS) {
             mlr_smtp_status st;
-            if ((rc = tls_handshake(c, &st))) {
+            if ((rc = conn_handshake(c, &st))) {
                 mlr_smtp_fail(e, st.err, st.temporary, "%s", st.message);
                 mlr_conn_close(c);
                 return rc;
@@ -556,7 +732,7 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
             const uint8_t *p;
             size_t n = mlr_smtp_pending(e, &p);
             if (n > 0) {
-                long r = conn_write(c, p, n, &write_blocked_on_read, why, sizeof why);
+                long r = wire_write_some(&c->w, p, n, &write_blocked_on_read, why, sizeof why);
                 if (r < 0) {
                     mlr_smtp_fail(e, MLR_ERR_NETWORK, 1,
                                   "connection lost while %s: %s", mlr_smtp_step_name(e), why);
@@ -577,14 +753,15 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
         {
             long r = -2;
             int ww = 0, have = 0;
-            if ((w & MLR_WANT_READ) && c->ssl && SSL_pending(c->ssl) > 0) {
-                r = conn_read(c, &ww, why, sizeof why);   /* decrypted bytes already here */
+            if ((w & MLR_WANT_READ) && c->w.ssl && SSL_pending(c->w.ssl) > 0) {
+                /* decrypted bytes already here */
+                r = wire_read_some(&c->w, c->rbuf, sizeof c->rbuf, &ww, why, sizeof why);
                 have = 1;
             } else if (w & MLR_WANT_READ) {
                 events |= POLLIN;
             }
             if (!have) {
-                struct pollfd pfd = {c->fd, events, 0};
+                struct pollfd pfd = {c->w.fd, events, 0};
                 int64_t left = deadline - now_ms();
                 int pr;
                 if (left <= 0) {
@@ -603,7 +780,7 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
                 if (pr <= 0 || write_blocked_on_read || !(w & MLR_WANT_READ) ||
                     !(pfd.revents & (POLLIN | POLLHUP | POLLERR)))
                     continue;   /* timeout check, or back to writing */
-                r = conn_read(c, &ww, why, sizeof why);
+                r = wire_read_some(&c->w, c->rbuf, sizeof c->rbuf, &ww, why, sizeof why);
             }
             if (r == -2)
                 continue;
@@ -620,5 +797,202 @@ int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
             }
             mlr_smtp_feed(e, c->rbuf, (size_t)r);
         }
+    }
+}
+
+/* ---- mlr_sock: a blocking socket with the cosocket method set ---- */
+
+mlr_sock *mlr_sock_new(const mlr_alloc *a)
+{
+    mlr_sock *s = mlr_malloc(a, sizeof *s);
+    if (!s)
+        return NULL;
+    memset(s, 0, sizeof *s);
+    s->a = a;
+    s->w.fd = -1;
+    s->connect_ms = s->send_ms = s->read_ms = SOCK_DEFAULT_TIMEOUT;
+    return s;
+}
+
+void mlr_sock_close(mlr_sock *s)
+{
+    if (s)
+        wire_close(&s->w, 1);
+}
+
+void mlr_sock_free(mlr_sock *s)
+{
+    if (!s)
+        return;
+    wire_close(&s->w, 1);
+    wire_drop_ctx(&s->w);
+    mlr_free(s->a, s, sizeof *s);
+}
+
+int mlr_sock_is_open(const mlr_sock *s) { return s && s->w.fd >= 0; }
+
+int mlr_sock_fd(const mlr_sock *s) { return s ? s->w.fd : -1; }
+
+void mlr_sock_set_timeouts(mlr_sock *s, int connect_ms, int send_ms, int read_ms)
+{
+    if (connect_ms >= 0)
+        s->connect_ms = connect_ms;
+    if (send_ms >= 0)
+        s->send_ms = send_ms;
+    if (read_ms >= 0)
+        s->read_ms = read_ms;
+}
+
+int mlr_sock_send_timeout(const mlr_sock *s) { return s->send_ms; }
+
+int mlr_sock_read_timeout(const mlr_sock *s) { return s->read_ms; }
+
+/* The error for I/O on a socket that is not connected. */
+static int sock_closed(xerr *x)
+{
+    return fail(x, MLR_ERR_NETWORK, 1, "the connection is closed");
+}
+
+int mlr_sock_connect(mlr_sock *s, const char *host, unsigned port, int timeout_ms, char *err,
+                     size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    int ms = timeout_ms < 0 ? s->connect_ms : timeout_ms;
+    xerr_init(&x, err, errlen, spare);
+    s->w.servername[0] = '\0';
+    return wire_connect(&s->w, host, port, ms, 0, ms / 1000.0, &x);
+}
+
+int mlr_sock_set_tls(mlr_sock *s, const mlr_tls_opts *o, char *err, size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    int rc;
+    xerr_init(&x, err, errlen, spare);
+    if (!o) {
+        wire_drop_ctx(&s->w);
+        return MLR_OK;
+    }
+    rc = ctx_setup(&s->w, o, o->cafile || o->capath, MLR_ERR_INPUT, &x);
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    if (!rc)   /* a server that closes without close_notify: EOF, as nginx has it */
+        SSL_CTX_set_options(s->w.ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
+    return rc;
+}
+
+int mlr_sock_handshake(mlr_sock *s, const char *servername, int verify, int timeout_ms,
+                       char *err, size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    int rc, ms = timeout_ms < 0 ? s->connect_ms : timeout_ms;
+    wire *w = &s->w;
+    xerr_init(&x, err, errlen, spare);
+    if (w->fd < 0)
+        return sock_closed(&x);
+    if (w->ssl)
+        return fail(&x, MLR_ERR_TLS, 0, "TLS is already active on this connection");
+    if (servername && strlen(servername) >= sizeof w->servername)
+        return fail(&x, MLR_ERR_INPUT, 0, "server name too long");
+    snprintf(w->servername, sizeof w->servername, "%s", servername ? servername : "");
+    w->verify = verify != 0;
+    if (!w->ctx) {
+        static const mlr_tls_opts none;
+        if ((rc = mlr_sock_set_tls(s, &none, x.msg, x.cap)))
+            goto failed;
+    }
+    if (w->verify && !w->ca_loaded && (rc = ca_default(w, &x)))
+        goto failed;
+    if ((rc = tls_handshake(w, now_ms() + ms, ms / 1000.0, &x)))
+        goto failed;
+    return MLR_OK;
+failed:
+    wire_close(w, 0);
+    return rc;
+}
+
+int mlr_sock_writev(mlr_sock *s, const mlr_iov *v, size_t nv, int timeout_ms, char *err,
+                    size_t errlen)
+{
+    uint8_t stage[16384];   /* small pieces go out together: fewer records and segments */
+    size_t fill = 0, i;
+    char spare[1];
+    xerr x;
+    int rc = MLR_OK, ms = timeout_ms < 0 ? s->send_ms : timeout_ms;
+    int64_t deadline = now_ms() + ms;
+    double seconds = ms / 1000.0;
+    xerr_init(&x, err, errlen, spare);
+    if (s->w.fd < 0)
+        return sock_closed(&x);
+    for (i = 0; i < nv && !rc; i++) {
+        const uint8_t *p = v[i].p;
+        size_t n = v[i].n;
+        while (n > 0 && !rc) {
+            size_t k;
+            if (fill == 0 && n >= sizeof stage) {   /* a big piece goes out as it is */
+                rc = write_all(&s->w, p, n, deadline, seconds, &x);
+                break;
+            }
+            k = n < sizeof stage - fill ? n : sizeof stage - fill;
+            memcpy(stage + fill, p, k);
+            fill += k;
+            p += k;
+            n -= k;
+            if (fill == sizeof stage) {
+                rc = write_all(&s->w, stage, fill, deadline, seconds, &x);
+                fill = 0;
+            }
+        }
+    }
+    if (!rc && fill > 0)
+        rc = write_all(&s->w, stage, fill, deadline, seconds, &x);
+    if (rc) {   /* part of the data may be out: the stream is broken */
+        s->w.tls_dead = 1;
+        wire_close(&s->w, 0);
+    }
+    return rc;
+}
+
+int mlr_sock_write(mlr_sock *s, const void *p, size_t n, int timeout_ms, char *err,
+                   size_t errlen)
+{
+    mlr_iov v;
+    v.p = p;
+    v.n = n;
+    return mlr_sock_writev(s, &v, 1, timeout_ms, err, errlen);
+}
+
+long mlr_sock_read(mlr_sock *s, void *buf, size_t cap, int timeout_ms, char *err, size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    int ms = timeout_ms < 0 ? s->read_ms : timeout_ms;
+    int64_t deadline = now_ms() + ms;
+    wire *w = &s->w;
+    xerr_init(&x, err, errlen, spare);
+    if (w->fd < 0)
+        return sock_closed(&x);
+    if (cap == 0)
+        return fail(&x, MLR_ERR_INPUT, 0, "no room to read into");
+    for (;;) {
+        char why[400];
+        int want_write, k;
+        long r = wire_read_some(w, buf, cap, &want_write, why, sizeof why);
+        if (r >= 0)
+            return r;
+        if (r == -1) {
+            fail(&x, MLR_ERR_NETWORK, 1, "connection to %s port %u lost while receiving: %s",
+                 w->host, w->port, why);
+            wire_close(w, 0);
+            return MLR_ERR_NETWORK;
+        }
+        k = wait_fd(w->fd, want_write ? POLLOUT : POLLIN, deadline);
+        if (k == 0)
+            return fail(&x, MLR_ERR_TIMEOUT, 1, "timeout waiting for data from %s port %u (%g s)",
+                        w->host, w->port, ms / 1000.0);
+        if (k < 0)
+            return fail(&x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
     }
 }

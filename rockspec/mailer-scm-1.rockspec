@@ -31,7 +31,7 @@ build = {
     ["mailer.resty"] = "lua/mailer/resty.lua",
     ["mailer.core"] = {
       sources = {
-        "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/mlr_common.c",
+        "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/lsocket.c", "csrc/mlr_common.c",
         "csrc/codec_base64.c", "csrc/codec_qp.c", "csrc/codec_dotstuff.c",
         "csrc/mime_header.c", "csrc/mime_addr.c", "csrc/mime_message.c",
         "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c", "csrc/transport.c",
