@@ -21,6 +21,7 @@
 #include "lmailer.h"
 #include "mime_message.h"
 #include "smtp_engine.h"
+#include "transport.h"
 
 #define ENGINE_MT "mailer.Engine"
 #define NSLOT 2   /* messages in flight: one sending, one queued behind it */
@@ -546,6 +547,53 @@ static int e_pending(lua_State *L)
     return 1;
 }
 
+/* e:write_to(sock) -> true | nil, err, kind: write the pending bytes to a
+ * C socket (mailer.Socket) straight from the engine's buffer, with the
+ * socket's send timeout; a few blocks per call, so that the driver runs
+ * progress and deadlines in between. Errors as sock:send gives them. */
+static int e_write_to(lua_State *L)
+{
+    leng *le = check_engine(L);
+    mlr_sock *sk = mlr_lua_tosocket(L, 2);
+    int rounds;
+    if (!sk) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        lua_pushliteral(L, "network");
+        return 3;
+    }
+    for (rounds = 0; rounds < 4; rounds++) {
+        const uint8_t *p;
+        char err[256];
+        size_t n = mlr_smtp_pending(le->e, &p);
+        int rc;
+        if (n == 0)
+            break;
+        rc = mlr_sock_write(sk, p, n, -1, err, sizeof err);
+        if (rc != MLR_OK) {
+            lua_pushnil(L);
+            if (rc == MLR_ERR_TIMEOUT)
+                lua_pushliteral(L, "timeout");
+            else
+                lua_pushstring(L, err);
+            lua_pushstring(L, mlr_err_kind(rc));
+            return 3;
+        }
+        mlr_smtp_consume(le->e, n);
+        if (!(mlr_smtp_want(le->e) & MLR_WANT_WRITE))
+            break;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.is_socket(v) -> true when v is a mailer.Socket (open or not) */
+static int l_is_socket(lua_State *L)
+{
+    lua_pushboolean(L, luaL_testudata(L, 1, "mailer.Socket") != NULL);
+    return 1;
+}
+
 /* e:consume(n): n pending bytes were written */
 static int e_consume(lua_State *L)
 {
@@ -820,6 +868,7 @@ static int e_tostring(lua_State *L)
 
 static const luaL_Reg engine_methods[] = {
     {"want", e_want},         {"pending", e_pending},       {"consume", e_consume},
+    {"write_to", e_write_to},
     {"feed", e_feed},         {"eof", e_eof},               {"tls_done", e_tls_done},
     {"fail", e_fail},         {"status", e_status},         {"capabilities", e_caps},
     {"traces", e_traces},     {"set_trace", e_set_trace},   {"queue", e_queue},
@@ -842,4 +891,6 @@ void mlr_open_smtp(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "smtp_engine");
+    lua_pushcfunction(L, l_is_socket);
+    lua_setfield(L, -2, "is_socket");
 }

@@ -29,6 +29,7 @@ build = {
     ["mailer.smtp"] = "lua/mailer/smtp.lua",
     ["mailer.cli"] = "lua/mailer/cli.lua",
     ["mailer.resty"] = "lua/mailer/resty.lua",
+    ["mailer.driver"] = "lua/mailer/driver.lua",
     ["mailer.core"] = {
       sources = {
         "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/lsocket.c", "csrc/mlr_common.c",

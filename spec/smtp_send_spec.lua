@@ -229,14 +229,28 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     assert.is_false(ok)
     assert.matches("boom from trace", tostring(e))
     local conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
-    local msg = assert(mailer.message(msg_table()))
-    ok, e = pcall(conn.send, conn, msg, { progress = function() error("stop") end })
+    -- a progress error before the whole message went out: raised, and the
+    -- connection is closed half way, so nothing is delivered
+    local big = assert(mailer.message(msg_table { attachments = { { data = ("b"):rep(4000000), filename = "b" } } }))
+    ok, e = pcall(conn.send, conn, big, { progress = function() error("stop") end })
     assert.is_false(ok)
     assert.matches("stop", tostring(e))
-    local r, err = conn:send(msg)
+    local r, err = conn:send(big)
     assert.is_nil(r)
     assert.are.equal("network", err.kind)
     conn:close()
+    assert.are.equal(0, #s:wait_messages(1, 1))
+    -- a progress error once the server has the whole message: the receipt,
+    -- with the error beside it, and the connection goes on
+    conn = assert(tr.connect { host = s.host, port = s.port, security = "none" })
+    local small = assert(mailer.message(msg_table()))
+    r = assert(conn:send(small, { progress = function(sent, total)
+      if sent == total then error("late") end
+    end }))
+    assert.matches("late", tostring(r.callback_error))
+    assert.truthy(conn:send(small))
+    conn:close()
+    assert.are.equal(2, #s:wait_messages(2, 5))
   end)
 
   it("misuse raises, bad values return input errors", function()

@@ -119,7 +119,7 @@ M.methods = methods   -- mailer.smtp adds send and send_many
 
 function Conn.__tostring(self)
   return ("mailer.Connection (%s, %s): %s"):format(self.closed and "closed" or "open",
-                                                   self.kind, self.id)
+    self.kind == "c" and "C socket" or "cosocket", self.id)
 end
 
 -- Is v a connection of this driver?
@@ -268,7 +268,6 @@ end
 -- Read what has arrived into the engine. true, or nil, err, kind.
 local function read_some(self)
   local sock, e = self.sock, self.e
-  if self.zero_copy then return e:read_from(sock) end
   local got, err, kind = sock:receiveany(65536)
   if not got then return nil, err, kind end
   e:feed(got)
@@ -808,7 +807,8 @@ function M.socket(choice)
   if type(choice) == "table" or type(choice) == "userdata" then
     return (ngx and type(choice) == "userdata") and "nginx" or "object", choice
   end
-  return nil, new_error("input", "socket: expected \"c\", \"nginx\", \"copas\", \"cqueues\" or a socket object")
+  error("bad argument #1 to 'connect' (socket: expected \"c\", \"nginx\", \"copas\", " ..
+        "\"cqueues\" or a socket object, got " .. tostring(choice) .. ")", 4)
 end
 
 return M
