@@ -23,8 +23,9 @@
 
 #include <openssl/rand.h>
 
-/* Input block: 1024 base64 lines of 57 bytes, so blocks end on line ends. */
-#define IN_BLOCK (57 * 1024)
+/* Input block: 256 base64 lines of 57 bytes, so blocks end on line ends;
+ * small enough that a send in flight holds well under 128 KiB. */
+#define IN_BLOCK (57 * 256)
 
 enum { ENC_7BIT, ENC_QP, ENC_B64 };
 enum { SRC_MEM, SRC_FILE, SRC_FN, SRC_PUSH };   /* FN and PUSH: producers */

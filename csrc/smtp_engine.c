@@ -13,11 +13,11 @@
 #include "auth.h"
 #include "codec_dotstuff.h"
 
-#define BODY_BLOCK (64 * 1024)   /* refill the output up to this many octets (bounded memory) */
+#define BODY_BLOCK (32 * 1024)   /* refill the output up to this many octets (bounded memory) */
 #define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
 #define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
 #define QCAP 32                  /* expected-reply ring */
-#define BDAT_CHUNK (64 * 1024)   /* default BDAT chunk size (bounded memory) */
+#define BDAT_CHUNK (32 * 1024)   /* default BDAT chunk size (bounded memory) */
 
 enum state { ST_GREETING, ST_EHLO, ST_HELO, ST_STARTTLS, ST_TLS_WAIT, ST_AUTH,
              ST_READY, ST_CLOSED };

@@ -87,7 +87,7 @@ typedef struct mlr_smtp_opts {
     unsigned port;
     size_t max_line;            /* longest DATA line; 0 = 998, SIZE_MAX = none */
     int no_chunking;            /* never BDAT, even when CHUNKING is offered */
-    size_t chunk_size;          /* BDAT chunk size; 0 = 64 KiB */
+    size_t chunk_size;          /* BDAT chunk size; 0 = 32 KiB */
     mlr_smtp_trace_fn trace;
     void *trace_ud;
 } mlr_smtp_opts;
