@@ -12,6 +12,8 @@ Writes into DIR (created if missing):
   self-signed.pem / .key          localhost, 127.0.0.1, signs itself
   untrusted.pem / .key            localhost, 127.0.0.1, from a CA not in ca.pem
   wildcard.pem / .key             *.localhost only (does not cover "localhost")
+  partial-wildcard.pem / .key     w*.example.test only (a partial wildcard, which a
+                                  strict client refuses for www.example.test)
   client.pem / .key               a client certificate (clientAuth) from the CA
   untrusted-ca.pem                the CA that signed untrusted.pem
   done                            written last: the directory is complete
@@ -128,6 +130,7 @@ def main():
         "self-signed": make_leaf("localhost", LOCAL_SANS, None),
         "untrusted": make_leaf("localhost", LOCAL_SANS, other_ca),
         "wildcard": make_leaf("*.localhost", [x509.DNSName("*.localhost")], ca),
+        "partial-wildcard": make_leaf("w*.example.test", [x509.DNSName("w*.example.test")], ca),
         "client": make_leaf("mailer test client", None, ca, client=True),
     }
     for stem, (key, cert) in leaves.items():

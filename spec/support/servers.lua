@@ -9,7 +9,8 @@
 --
 --   local servers = require "support.servers"
 --   servers.ca()            -> { dir=, cafile=, certs = { good=, ["wrong-host"]=, expired=,
---                                future=, ["self-signed"]=, untrusted=, wildcard=, client= } }
+--                                future=, ["self-signed"]=, untrusted=, wildcard=,
+--                                ["partial-wildcard"]=, client= } }
 --                              each { cert=, key= }; created once per run
 --   servers.aiosmtpd{...}   -> s: s.host, s.port, s.cafile, s:messages(),
 --                              s:wait_messages(n, timeout), s:connections(), s:stop()
@@ -275,7 +276,8 @@ end
 
 -- The throwaway PKI, created once per run:
 -- { dir=, cafile=, certs = { [name] = { cert=, key= } } } with names good,
--- wrong-host, expired, future, self-signed, untrusted, wildcard, client.
+-- wrong-host, expired, future, self-signed, untrusted, wildcard,
+-- partial-wildcard, client.
 function M.ca()
   if S.ca then return S.ca end
   local dir = M.tmpdir() .. "/ca"
@@ -285,7 +287,7 @@ function M.ca()
   end
   local certs = {}
   for _, name in ipairs { "good", "wrong-host", "expired", "future", "self-signed",
-                          "untrusted", "wildcard", "client" } do
+                          "untrusted", "wildcard", "partial-wildcard", "client" } do
     certs[name] = { cert = dir .. "/" .. name .. ".pem", key = dir .. "/" .. name .. ".key" }
   end
   S.ca = { dir = dir, cafile = dir .. "/ca.pem", certs = certs,
