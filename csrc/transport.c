@@ -1,17 +1,12 @@
-/* transport.c - TCP + OpenSSL for the SMTP engine. See transport.h.
+/* transport.c - TCP + OpenSSL for the C socket. See transport.h.
  *
  * One connection state (struct wire: descriptor, SSL objects, names) and
- * one set of helpers (connect over every address, poll with absolute
- * deadlines, the TLS setup, the error wording) serve both faces: mlr_conn,
- * which drives the engine itself, and mlr_sock, a plain blocking socket
- * for drivers written in Lua.
- *
- * mlr_conn's deadlines are absolute per step: the engine's step id changes
- * when a reply completes or a data block is produced, and only then is the
- * deadline moved, so a server that trickles one octet a second still times
- * out; mlr_sock's are absolute per call. SIGPIPE is avoided with
- * MSG_NOSIGNAL, also under TLS through a small BIO of our own that uses
- * send()/recv(). */
+ * a few helpers (connect over every address, poll with absolute deadlines,
+ * the TLS setup, the error wording). Deadlines are absolute per call, so a
+ * server that trickles one octet a second still times out; the driver
+ * spreads each protocol step's deadline over its calls. SIGPIPE is avoided
+ * with MSG_NOSIGNAL, also under TLS through a small BIO of our own that
+ * uses send()/recv(). */
 #include "transport.h"
 
 #include <arpa/inet.h>
@@ -55,14 +50,6 @@ typedef struct wire {
     char host[256];
     char servername[256];
 } wire;
-
-struct mlr_conn {
-    const mlr_alloc *a;
-    wire w;
-    double timeout;
-    mlr_tls_opts tls;
-    uint8_t rbuf[16384];
-};
 
 struct mlr_sock {
     const mlr_alloc *a;
@@ -593,211 +580,6 @@ static int write_all(wire *w, const uint8_t *p, size_t n, int64_t deadline, doub
             return fail(x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
     }
     return MLR_OK;
-}
-
-/* ---- mlr_conn: the driver of the engine ---- */
-
-mlr_conn *mlr_conn_new(const mlr_alloc *a)
-{
-    mlr_conn *c = mlr_malloc(a, sizeof *c);
-    if (!c)
-        return NULL;
-    memset(c, 0, sizeof *c);
-    c->a = a;
-    c->w.fd = -1;
-    return c;
-}
-
-void mlr_conn_close(mlr_conn *c)
-{
-    wire_close(&c->w, 0);   /* no close_notify: SMTP ends with QUIT */
-    wire_drop_ctx(&c->w);
-}
-
-void mlr_conn_free(mlr_conn *c)
-{
-    if (!c)
-        return;
-    mlr_conn_close(c);
-    mlr_free(c->a, c, sizeof *c);
-}
-
-int mlr_conn_is_open(const mlr_conn *c) { return c->w.fd >= 0; }
-
-/* Turn the result of a helper into a status (the message is already in it). */
-static int st_from(mlr_smtp_status *st, int rc, const xerr *x)
-{
-    st->err = rc;
-    st->temporary = x->temporary;
-    return rc;
-}
-
-/* An error sink writing into a status's message. */
-static void st_sink(mlr_smtp_status *st, xerr *x)
-{
-    memset(st, 0, sizeof *st);
-    x->msg = st->message;
-    x->cap = sizeof st->message;
-    x->temporary = 0;
-}
-
-/* The handshake of a connection, with its per-step timeout. */
-static int conn_handshake(mlr_conn *c, mlr_smtp_status *st)
-{
-    xerr x;
-    int rc;
-    st_sink(st, &x);
-    rc = tls_handshake(&c->w, now_ms() + (int64_t)(c->timeout * 1000), c->timeout, &x);
-    return rc ? st_from(st, rc, &x) : MLR_OK;
-}
-
-int mlr_conn_open(mlr_conn *c, const mlr_conn_opts *o, mlr_smtp_status *st)
-{
-    xerr x;
-    int rc;
-    st_sink(st, &x);
-    mlr_conn_close(c);
-    if (!o->host || strlen(o->host) >= sizeof c->w.host ||
-        (o->tls.servername && strlen(o->tls.servername) >= sizeof c->w.servername))
-        return st_from(st, fail(&x, MLR_ERR_INPUT, 0, "host name too long"), &x);
-    snprintf(c->w.servername, sizeof c->w.servername, "%s",
-             o->tls.servername ? o->tls.servername : "");
-    c->timeout = o->timeout > 0 ? o->timeout : 30;
-    c->tls = o->tls;   /* file names are only used during this call and the handshakes */
-    c->w.verify = o->tls.verify;
-    rc = wire_connect(&c->w, o->host, o->port, (int64_t)(c->timeout * 1000), 1, c->timeout, &x);
-    if (rc)
-        return st_from(st, rc, &x);
-    if (!o->no_tls && (rc = ctx_setup(&c->w, &c->tls, c->w.verify, MLR_ERR_TLS, &x))) {
-        mlr_conn_close(c);
-        return st_from(st, rc, &x);
-    }
-    if (o->implicit_tls && (rc = conn_handshake(c, st))) {
-        mlr_conn_close(c);
-        return rc;
-    }
-    c->tls.cafile = c->tls.capath = c->tls.certfile = c->tls.keyfile = c->tls.servername = NULL;
-    return MLR_OK;
-}
-
-/* Best-effort, non-blocking write of what the engine still has (a QUIT). */
-static void flush_polite(mlr_conn *c, mlr_smtp *e)
-{
-    const uint8_t *p;
-    size_t n;
-    int wr;
-    char why[64];
-    if (c->w.fd < 0)
-        return;
-    n = mlr_smtp_pending(e, &p);
-    if (n > 0 && wire_write_some(&c->w, p, n, &wr, why, sizeof why) > 0)
-        mlr_smtp_consume(e, n);
-}
-
-int mlr_conn_drive(mlr_conn *c, mlr_smtp *e, mlr_drive_fn check, void *ud)
-{
-    uint64_t step = mlr_smtp_step_id(e) + 1;   /* force a first deadline */
-    int64_t deadline = 0;
-    char why[400];
-    for (;;) {
-        int w = mlr_smtp_want(e), rc;
-        short events = 0;
-        int write_blocked_on_read = 0;
-        if (w < 0) {
-            flush_polite(c, e);
-            mlr_conn_close(c);
-            return w;
-        }
-        if (check && (rc = check(ud)) != 0)
-            return rc < 0 ? rc : MLR_OK;
-        if (w == 0 || (w & MLR_WANT_DONE))
-            return MLR_OK;
-        if (c->w.fd < 0)
-            return mlr_smtp_fail(e, MLR_ERR_NETWORK, 1, "the connection is closed");
-        if (mlr_smtp_step_id(e) != step) {
-            step = mlr_smtp_step_id(e);
-            deadline = now_ms() + (int64_t)(c->timeout * 1000);
-        }
-        if (w & MLR_WANT_TLS) {
-            mlr_smtp_status st;
-            if ((rc = conn_handshake(c, &st))) {
-                mlr_smtp_fail(e, st.err, st.temporary, "%s", st.message);
-                mlr_conn_close(c);
-                return rc;
-            }
-            mlr_smtp_tls_done(e);
-            continue;
-        }
-        if (w & MLR_WANT_WRITE) {
-            const uint8_t *p;
-            size_t n = mlr_smtp_pending(e, &p);
-            if (n > 0) {
-                long r = wire_write_some(&c->w, p, n, &write_blocked_on_read, why, sizeof why);
-                if (r < 0) {
-                    mlr_smtp_fail(e, MLR_ERR_NETWORK, 1,
-                                  "connection lost while %s: %s", mlr_smtp_step_name(e), why);
-                    mlr_conn_close(c);
-                    return MLR_ERR_NETWORK;
-                }
-                if (r > 0) {
-                    mlr_smtp_consume(e, (size_t)r);
-                    continue;   /* write more before polling */
-                }
-                events |= write_blocked_on_read ? POLLIN : POLLOUT;
-            } else if (mlr_smtp_want(e) < 0) {
-                continue;   /* the body source failed */
-            } else if (!(w & MLR_WANT_READ)) {
-                continue;
-            }
-        }
-        {
-            long r = -2;
-            int ww = 0, have = 0;
-            if ((w & MLR_WANT_READ) && c->w.ssl && SSL_pending(c->w.ssl) > 0) {
-                /* decrypted bytes already here */
-                r = wire_read_some(&c->w, c->rbuf, sizeof c->rbuf, &ww, why, sizeof why);
-                have = 1;
-            } else if (w & MLR_WANT_READ) {
-                events |= POLLIN;
-            }
-            if (!have) {
-                struct pollfd pfd = {c->w.fd, events, 0};
-                int64_t left = deadline - now_ms();
-                int pr;
-                if (left <= 0) {
-                    mlr_smtp_fail(e, MLR_ERR_TIMEOUT, 1, "timeout %s%s (%g s)",
-                                  (w & MLR_WANT_WRITE) ? "" : "waiting for ",
-                                  mlr_smtp_step_name(e), c->timeout);
-                    mlr_conn_close(c);
-                    return MLR_ERR_TIMEOUT;
-                }
-                pr = poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
-                if (pr < 0 && errno != EINTR) {
-                    mlr_smtp_fail(e, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
-                    mlr_conn_close(c);
-                    return MLR_ERR_NETWORK;
-                }
-                if (pr <= 0 || write_blocked_on_read || !(w & MLR_WANT_READ) ||
-                    !(pfd.revents & (POLLIN | POLLHUP | POLLERR)))
-                    continue;   /* timeout check, or back to writing */
-                r = wire_read_some(&c->w, c->rbuf, sizeof c->rbuf, &ww, why, sizeof why);
-            }
-            if (r == -2)
-                continue;
-            if (r < 0) {
-                mlr_smtp_fail(e, MLR_ERR_NETWORK, 1, "connection lost while waiting for %s: %s",
-                              mlr_smtp_step_name(e), why);
-                mlr_conn_close(c);
-                return MLR_ERR_NETWORK;
-            }
-            if (r == 0) {
-                rc = mlr_smtp_eof(e);
-                mlr_conn_close(c);
-                return rc;
-            }
-            mlr_smtp_feed(e, c->rbuf, (size_t)r);
-        }
-    }
 }
 
 /* ---- mlr_sock: a blocking socket with the cosocket method set ---- */
