@@ -100,11 +100,22 @@ local function tls_error(name, port, timeout, err, kind)
   if not why and err:find("host mismatch", 1, true) then why = verify_reasons[62] end
   if not why and err:find("self[- ]signed") then why = verify_reasons[18] end
   if not why and err:find("expired", 1, true) then why = verify_reasons[10] end
+  if not why and err:find("certificate verification failed", 1, true) then why = err end
   if code or why then
     return "tls", ("TLS handshake with %s failed: certificate verification: %s (%s)")
       :format(name, why or err, err), false
   end
   return "tls", ("TLS handshake with %s:%d failed: %s"):format(name, port, err), true
+end
+
+-- sock:sslhandshake, protected: Debian's lua-resty-core asserts (raises)
+-- when a handshake that completed at once fails its verification
+-- afterwards; that is a failed verification whose reason nginx did not
+-- pass on, never a reason to unwind through the driver.
+local function handshake(sock, servername, verify)
+  local ok, a, b, c = pcall(sock.sslhandshake, sock, nil, servername, verify)
+  if ok then return a, b, c end
+  return nil, "certificate verification failed (the socket layer raised: " .. tostring(a) .. ")"
 end
 
 ---------------------------------------------------------------------------
@@ -342,7 +353,7 @@ local function drive(self, stop)
       end
     elseif t then
       set_left(self, left)
-      local ok, err, kind = sock:sslhandshake(nil, self.servername, self.verify)
+      local ok, err, kind = handshake(sock, self.servername, self.verify)
       if not ok then
         return fail(self, tls_error(self.servername, self.port, self.timeout, err, kind))
       end
@@ -764,7 +775,7 @@ function M.connect(c, kind, sock)
   self.zero_copy = e.write_to ~= nil and core.is_socket ~= nil and core.is_socket(sock)
   if c.security == "tls" then
     set_left(self, c.timeout)
-    local ok, err, ekind = sock:sslhandshake(nil, servername, verify)
+    local ok, err, ekind = handshake(sock, servername, verify)
     if not ok then
       finish(self)
       local k, message, temp = tls_error(servername, c.port, c.timeout, err, ekind)
