@@ -656,6 +656,22 @@ static int e_status(lua_State *L)
     return 4;
 }
 
+/* e:step_id() -> the id of the step under way (it changes when one ends) */
+static int e_step_id(lua_State *L)
+{
+    leng *le = check_engine(L);
+    lua_pushinteger(L, (lua_Integer)mlr_smtp_step_id(le->e));
+    return 1;
+}
+
+/* e:step_name() -> what the engine waits for, in words */
+static int e_step_name(lua_State *L)
+{
+    leng *le = check_engine(L);
+    lua_pushstring(L, mlr_smtp_step_name(le->e));
+    return 1;
+}
+
 /* e:capabilities() -> table */
 static int e_caps(lua_State *L)
 {
@@ -871,6 +887,7 @@ static const luaL_Reg engine_methods[] = {
     {"write_to", e_write_to},
     {"feed", e_feed},         {"eof", e_eof},               {"tls_done", e_tls_done},
     {"fail", e_fail},         {"status", e_status},         {"capabilities", e_caps},
+    {"step_id", e_step_id},   {"step_name", e_step_name},
     {"traces", e_traces},     {"set_trace", e_set_trace},   {"queue", e_queue},
     {"result", e_result},     {"sent", e_sent},             {"need", e_need},
     {"supply", e_supply},     {"noop", e_noop},             {"rset", e_rset},

@@ -208,10 +208,10 @@ end
 
 -- Hand the engine's queued trace lines to the trace callback.
 local function deliver_traces(self)
+  local trace = self.trace
+  if not trace then return end   -- (the engine queues nothing then)
   local lines = self.e:traces()
   if not lines then return end
-  local trace = self.trace
-  if not trace then return end
   for i = 1, #lines, 2 do
     if not callback(self, trace, lines[i], lines[i + 1]) then return end
   end
@@ -332,7 +332,7 @@ local function drive(self, stop)
     if not sock then
       return fail(self, "network", "the connection is closed", true)
     end
-    local _, step_name, step_id = e:status()
+    local step_id = e:step_id()
     if step_id ~= step then
       step = step_id
       deadline = now() + self.timeout
@@ -341,7 +341,7 @@ local function drive(self, stop)
     local left = deadline - now()
     if left <= 0 then
       return fail(self, "timeout", ("timeout %s%s (%s s)"):format(
-        (w or body) and "" or "waiting for ", step_name, tostring(self.timeout)), true)
+        (w or body) and "" or "waiting for ", e:step_name(), tostring(self.timeout)), true)
     end
     if body then
       if feed_source(self) then
@@ -363,7 +363,7 @@ local function drive(self, stop)
       local ok, err, kind = write_pending(self)
       if not ok then
         if err == "timeout" then
-          return fail(self, "timeout", ("timeout %s (%s s)"):format(step_name, tostring(self.timeout)), true)
+          return fail(self, "timeout", ("timeout %s (%s s)"):format(e:step_name(), tostring(self.timeout)), true)
         end
         -- the server may have said why before it closed: read its last words
         if r then
@@ -378,7 +378,7 @@ local function drive(self, stop)
           end
         end
         if kind and kind ~= "network" then return fail(self, kind, err, kind == "timeout") end
-        return fail(self, "network", ("connection lost while %s: %s"):format(step_name, tostring(err)), true)
+        return fail(self, "network", ("connection lost while %s: %s"):format(e:step_name(), tostring(err)), true)
       end
     elseif r then
       set_left(self, left)
@@ -397,7 +397,7 @@ local function drive(self, stop)
           return fail(self, kind, err, kind == "timeout")
         else
           return fail(self, "network", ("connection lost while waiting for %s: %s")
-            :format(step_name, tostring(err)), true)
+            :format(e:step_name(), tostring(err)), true)
         end
       end
     end
@@ -538,7 +538,9 @@ function methods:_send_many(produce, opts)
     if #order == 0 then break end
     local first = order[1]
     drive(self, function()
-      for i = 2, #order do poll(self, order[i]) end   -- progress of the one behind
+      if self.progress then
+        for i = 2, #order do poll(self, order[i]) end   -- progress of the one behind
+      end
       return poll(self, first)
     end)
     if not poll(self, first) then
