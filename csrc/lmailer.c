@@ -494,6 +494,19 @@ static int signer_dns_record(lua_State *L)
     return 1;
 }
 
+/* core.msg_raw(m, path, field) -> true | nil, err: the message is that
+ * file, sent as is (the addresses are only its envelope) */
+static int l_msg_raw(lua_State *L)
+{
+    lmsg *lm = check_builder(L);
+    size_t n;
+    const char *path = luaL_checklstring(L, 2, &n);
+    const char *field = luaL_optstring(L, 3, "path");
+    if (n == 0 || strlen(path) != n)
+        return mlr_fail(L, "input", "path: empty, or contains a NUL byte", field);
+    return builder_result(L, lm, mlr_msg_set_raw(lm->m, path, field));
+}
+
 /* core.msg_finish(m) -> m | nil, err */
 static int l_msg_finish(lua_State *L)
 {
@@ -862,6 +875,7 @@ static const luaL_Reg core_funcs[] = {
     {"msg_body", l_msg_body},
     {"msg_part", l_msg_part},
     {"msg_finish", l_msg_finish},
+    {"msg_raw", l_msg_raw},
     {"render", l_render},
     {"msg_check", l_msg_check},
     {"monotime", l_monotime},

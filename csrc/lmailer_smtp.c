@@ -372,7 +372,7 @@ static int slot_setup(lua_State *L, leng *le, int i)
     s->total = mlr_msg_size_dkim(m, dk);
     s->txn.size = s->total;
     s->txn.utf8 = mlr_msg_needs_smtputf8(m);
-    s->txn.eightbit = s->txn.utf8;
+    s->txn.eightbit = mlr_msg_needs_8bit(m);
     if (oi)
         parse_dsn(L, oi, &s->txn);
     s->r = mlr_render_new_dkim(m, dk);

@@ -27,7 +27,7 @@
  * small enough that a send in flight holds well under 128 KiB. */
 #define IN_BLOCK (57 * 256)
 
-enum { ENC_7BIT, ENC_QP, ENC_B64 };
+enum { ENC_7BIT, ENC_QP, ENC_B64, ENC_RAW };   /* RAW: a whole message file, as is */
 enum { SRC_MEM, SRC_FILE, SRC_FN, SRC_PUSH };   /* FN and PUSH: producers */
 enum { OP_STATIC, OP_BODY };
 
@@ -85,6 +85,8 @@ struct mlr_msg {
     char **rcpts;
     size_t nrcpts, rcpts_cap;
     int smtputf8, finished;
+    int eightbit;               /* a raw message with 8-bit octets */
+    part *raw;                  /* set: the message is this file, as is */
     uint64_t size;
     mlr_dkim *dkim;             /* signs every rendering when set */
     size_t dkim_len;            /* length of its DKIM-Signature field */
@@ -750,6 +752,68 @@ static int same_addr(const char *x, const char *y)
     return *x == *y;
 }
 
+/* A raw message: the envelope from its addresses, one body operation
+ * that copies the file, its size. */
+static int finish_raw(mlr_msg *m)
+{
+    size_t r, i;
+    int rc;
+    if (m->naddrs[MLR_ROLE_FROM] != 1)
+        return fail(m, "from", "from: a raw message needs exactly one envelope sender");
+    if (m->dkim)
+        return fail(m, "dkim", "dkim: a raw message is sent as is; sign it when it is rendered");
+    for (r = MLR_ROLE_TO; r <= MLR_ROLE_BCC; r++)
+        for (i = 0; i < m->naddrs[r]; i++) {
+            if ((rc = grow(m->a, (void **)&m->rcpts, &m->rcpts_cap, m->nrcpts, sizeof *m->rcpts)))
+                return rc;
+            m->rcpts[m->nrcpts++] = m->addrs[r][i].addr;
+        }
+    if ((rc = add_op(m, OP_BODY, 0, 0, m->raw)))
+        return rc;
+    m->size = (uint64_t)m->raw->size;
+    m->finished = 1;
+    return MLR_OK;
+}
+
+int mlr_msg_set_raw(mlr_msg *m, const char *path, const char *field)
+{
+    part *p;
+    FILE *fp;
+    struct stat st;
+    uint8_t buf[16384];
+    size_t n, k;
+    if (m->raw || m->text || m->html || m->natts || m->ninl)
+        return fail(m, field, "a raw message has no other body or parts");
+    if (!(p = new_part(m)))
+        return MLR_ERR_NOMEM;
+    snprintf(p->field, sizeof p->field, "%s", field);
+    p->src = SRC_FILE;
+    p->enc = ENC_RAW;
+    if (!(p->path = mlr_strndup(m->a, path, strlen(path))))
+        return MLR_ERR_NOMEM;
+    fp = fopen(path, "rb");   /* 8-bit octets ask for BODY=8BITMIME */
+    if (!fp || fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+        char msg[220];
+        snprintf(msg, sizeof msg, "cannot read '%.120s' as a message: %s", path,
+                 !fp ? strerror(errno) : "not a non-empty regular file");
+        if (fp)
+            fclose(fp);
+        return failf(m, field, msg);
+    }
+    p->size = (int64_t)st.st_size;
+    while (!m->eightbit && (n = fread(buf, 1, sizeof buf, fp)) > 0)
+        for (k = 0; k < n; k++)
+            if (buf[k] & 0x80) {
+                m->eightbit = 1;
+                break;
+            }
+    fclose(fp);
+    m->raw = p;
+    return MLR_OK;
+}
+
+int mlr_msg_needs_8bit(const mlr_msg *m) { return m->smtputf8 || m->eightbit; }
+
 int mlr_msg_finish(mlr_msg *m)
 {
     mlr_buf *h = &m->text_buf;
@@ -758,6 +822,8 @@ int mlr_msg_finish(mlr_msg *m)
     size_t r, i, j;
     if (m->finished)
         return MLR_OK;
+    if (m->raw)
+        return finish_raw(m);
     if (m->naddrs[MLR_ROLE_FROM] == 0)
         return fail(m, "from", "from: a sender address is required");
     if (m->naddrs[MLR_ROLE_SENDER] > 1)
@@ -1398,6 +1464,21 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
                 *n = pt->len;
                 return 1;
             }
+        }
+        if (pt->enc == ENC_RAW) {   /* a whole message file: copied as is */
+            got = read_block(r, pt, &in);
+            if (got < 0)
+                return (int)got;
+            if (got == 0) {
+                fclose(r->fp);
+                r->fp = NULL;
+                r->open = 0;
+                r->op++;
+                continue;
+            }
+            *p = in;
+            *n = (size_t)got;
+            return 1;
         }
         if (r->src_done) {
             w = pt->enc == ENC_QP ? mlr_qp_finish(&r->qp, r->out)

@@ -84,6 +84,15 @@ int mlr_msg_set_html(mlr_msg *m, const char *s, size_t n);
 int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
                      const char *filename, size_t filename_len, const char *cid,
                      size_t cid_len, const char *field);
+/* Make the message the file at path, sent as is (a message rendered
+ * earlier, e.g. by a queue): no headers are made, the addresses given
+ * (one from, any to/cc/bcc) are only the envelope, and 8-bit octets in
+ * the file ask for BODY=8BITMIME. Instead of any body or part. */
+int mlr_msg_set_raw(mlr_msg *m, const char *path, const char *field);
+/* The message needs BODY=8BITMIME (SMTPUTF8 headers, or a raw file with
+ * 8-bit octets). */
+int mlr_msg_needs_8bit(const mlr_msg *m);
+
 /* Fix the structure, boundaries, Date and Message-ID; required before
  * rendering. */
 int mlr_msg_finish(mlr_msg *m);

@@ -408,6 +408,33 @@ function msg_methods.chunks(m, size)
   end
 end
 
+-- mailer.raw_message(path, envelope) -> msg | nil, err: a message that is
+-- the file at path, sent as is (an .eml rendered earlier: CRLF lines, as
+-- msg:render() gives them); envelope = { from = "a@b", to = {...} } is its
+-- SMTP envelope (the file's own headers are not read). Used by the queue.
+function M.raw_message(path, envelope)
+  if type(path) ~= "string" then
+    error("bad argument #1 to 'raw_message' (string expected, got " .. type(path) .. ")", 2)
+  end
+  if type(envelope) ~= "table" then
+    error("bad argument #2 to 'raw_message' (table expected, got " .. type(envelope) .. ")", 2)
+  end
+  local m = core.new_message()
+  if type(envelope.from) ~= "string" then return input_error("envelope.from", "expected an address") end
+  local ok, err = core.msg_address(m, "from", envelope.from, nil, "envelope.from")
+  if not ok then return nil, err end
+  local to = type(envelope.to) == "string" and { envelope.to } or envelope.to
+  if type(to) ~= "table" or #to == 0 then return input_error("envelope.to", "expected addresses") end
+  for i, a in ipairs(to) do
+    if type(a) ~= "string" then return input_error("envelope.to[" .. i .. "]", "expected an address") end
+    ok, err = core.msg_address(m, "to", a, nil, "envelope.to[" .. i .. "]")
+    if not ok then return nil, err end
+  end
+  ok, err = core.msg_raw(m, path, "path")
+  if not ok then return nil, err end
+  return core.msg_finish(m)
+end
+
 -- Write a message into an outbox directory as <time>-<id>.eml, atomically
 -- (a temporary file renamed into place), with the envelope in a .json
 -- file beside it. Returns a receipt with the path.
