@@ -522,7 +522,7 @@ static int l_engine(lua_State *L)
     return 1;
 }
 
-/* e:want() -> read, write, tls, done, body (booleans) | nil, err */
+/* e:want() -> read, write, tls, done, body (booleans), step id | nil, err */
 static int e_want(lua_State *L)
 {
     leng *le = check_engine(L);
@@ -534,7 +534,8 @@ static int e_want(lua_State *L)
     lua_pushboolean(L, w & MLR_WANT_TLS);
     lua_pushboolean(L, w & MLR_WANT_DONE);
     lua_pushboolean(L, w & MLR_WANT_BODY);
-    return 5;
+    lua_pushinteger(L, (lua_Integer)mlr_smtp_step_id(le->e));
+    return 6;
 }
 
 /* e:pending() -> string (the bytes to write; "" when none) */

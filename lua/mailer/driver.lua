@@ -165,10 +165,15 @@ local function fail(self, kind, message, temporary)
   return nil, err
 end
 
--- Set every timeout of the socket to what is left of the step (ms).
+-- Set every timeout of the socket to what is left of the step (ms),
+-- rounded down to 100 ms while more than a second is left, so that a run
+-- of quick calls does not set them again each time (a call never
+-- outlives the step's deadline either way).
 local function set_left(self, left)
-  local ms = floor(left * 1000 + 0.5)
-  if ms < 1 then ms = 1 end
+  local ms = floor(left * 1000)
+  if ms > 1000 then ms = ms - ms % 100 elseif ms < 1 then ms = 1 end
+  if ms == self.tmo_ms then return end
+  self.tmo_ms = ms
   local sock = self.sock
   if sock.settimeouts then sock:settimeouts(ms, ms, ms) else sock:settimeout(ms) end
 end
@@ -308,37 +313,40 @@ local function drive(self, stop)
   local e = self.e
   local step, deadline
   local spins = 0   -- rounds in a row that moved nothing
+  self.tmo_ms = nil   -- (a pooled socket's timeouts are not ours to trust)
   while true do
-    deliver_traces(self)
+    if self.trace then deliver_traces(self) end
     if not after_callback(self) then
       local _, err = e:want()
       return nil, err
     end
-    local r, w, t, done, body = e:want()
+    local r, w, t, done, body, step_id = e:want()
     if r == nil then
       deliver_traces(self)
       flush_polite(self)
       return nil, w
     end
-    if stop and stop() then
-      if not after_callback(self) then
-        local _, err = e:want()
-        return nil, err
+    local t_now = now()
+    if step_id ~= step then
+      -- something happened (a reply, a data block): outcomes and progress
+      -- can only have changed now
+      if stop and stop() then
+        if not after_callback(self) then
+          local _, err = e:want()
+          return nil, err
+        end
+        return true
       end
-      return true
+      step = step_id
+      deadline = t_now + self.timeout
+      spins = 0
     end
     if done or not (r or w or t or body) then return true end
     local sock = self.sock
     if not sock then
       return fail(self, "network", "the connection is closed", true)
     end
-    local step_id = e:step_id()
-    if step_id ~= step then
-      step = step_id
-      deadline = now() + self.timeout
-      spins = 0
-    end
-    local left = deadline - now()
+    local left = deadline - t_now
     if left <= 0 then
       return fail(self, "timeout", ("timeout %s%s (%s s)"):format(
         (w or body) and "" or "waiting for ", e:step_name(), tostring(self.timeout)), true)
