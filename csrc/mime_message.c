@@ -232,6 +232,29 @@ int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const cha
             return rc;
         mlr_addr_check(it.addr, it.addr_len, &it.utf8, err, sizeof err);
     }
+    /* an international domain as its A-label (unless the local part needs
+     * SMTPUTF8 anyway): headers and envelope hold the same form */
+    {
+        mlr_buf ab;
+        mlr_buf_init(&ab, m->a);
+        rc = mlr_addr_idna(it.addr, it.addr_len, &ab, &it.utf8, err, sizeof err);
+        if (rc == MLR_OK && (ab.len != it.addr_len || memcmp(ab.data, it.addr, ab.len))) {
+            char *c = mlr_strndup(m->a, ab.data, ab.len);
+            if (c) {
+                mlr_free(m->a, it.addr, it.addr_len + 1);
+                it.addr = c;
+                it.addr_len = ab.len;
+            } else {
+                rc = MLR_ERR_NOMEM;
+            }
+        }
+        mlr_buf_free(&ab);
+        if (rc) {
+            mlr_free(m->a, it.name, it.name_len + 1);
+            mlr_free(m->a, it.addr, it.addr_len + 1);
+            return rc == MLR_ERR_INPUT ? failf(m, field, err) : rc;
+        }
+    }
     {
         void *p = mlr_realloc(m->a, m->addrs[role], m->naddrs[role] * sizeof it,
                               (m->naddrs[role] + 1) * sizeof it);
@@ -243,7 +266,8 @@ int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const cha
         m->addrs[role] = p;
         m->addrs[role][m->naddrs[role]++] = it;
     }
-    if (it.utf8 && role != MLR_ROLE_REPLY_TO)
+    /* a non-ASCII local part in any header (Reply-To too) needs SMTPUTF8 */
+    if (it.utf8)
         m->smtputf8 = 1;
     return MLR_OK;
 }
