@@ -483,28 +483,6 @@ int mlr_msg_set_html(mlr_msg *m, const char *s, size_t n)
     return set_body(m, &m->html, "html", "html", s, n);
 }
 
-/* Check "type/subtype" (RFC 2045 tokens), optionally with parameters. */
-static int check_ctype(const char *ct)
-{
-    size_t i, slash = 0;
-    for (i = 0; ct[i] && ct[i] != ';'; i++) {
-        unsigned char c = (unsigned char)ct[i];
-        if (c == '/') {
-            if (slash++ || i == 0)
-                return 0;
-            continue;
-        }
-        if (c <= 32 || c >= 127 || strchr("()<>@,:\\\"[]?=", c))
-            return 0;
-    }
-    if (slash != 1 || ct[i - 1] == '/')
-        return 0;
-    for (; ct[i]; i++)
-        if ((unsigned char)ct[i] < 32 || (unsigned char)ct[i] >= 127)
-            return 0;
-    return 1;
-}
-
 int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
                      const char *filename, size_t filename_len, const char *cid,
                      size_t cid_len, const char *field)
@@ -514,8 +492,8 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
     char err[200];
     size_t i;
     int rc;
-    if (!check_ctype(content_type))
-        return failf(m, field, "content_type must look like type/subtype");
+    if (mlr_fold_ctype(NULL, content_type, strlen(content_type), err, sizeof err))
+        return failf(m, field, err);
     if (filename && mlr_hdr_check_value(filename, filename_len, err, sizeof err))
         return failf(m, field, "filename contains CR, LF, NUL or invalid UTF-8");
     if (filename && filename_len == 0)
@@ -572,7 +550,7 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
      * with an RFC 2231 filename. */
     rc = mlr_fold_start(&f, &p->headers, "Content-Type", 12);
     if (!rc)
-        rc = mlr_fold_add(&f, " ", 1, content_type, strlen(content_type));
+        rc = mlr_fold_ctype(&f, content_type, strlen(content_type), err, sizeof err);
     if (!rc && filename)
         rc = mlr_fold_param(&f, "name", filename, filename_len, 1);
     if (!rc)
