@@ -6,6 +6,7 @@
  * one buffer) and body operations that encode a part's source. The
  * renderer walks that list; a body is read in fixed blocks and encoded by
  * the incremental encoders, so memory is two blocks whatever the size. */
+#define _GNU_SOURCE 1   /* mkostemp (glibc; the BSDs and macOS have it by default) */
 #include "mime_message.h"
 #include "codec_base64.h"
 #include "codec_qp.h"
@@ -14,6 +15,7 @@
 #include "mime_header.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1157,7 +1159,7 @@ static int spool_open(mlr_render *r, part *p)
     if (!dir || !*dir || strlen(dir) > 400)
         dir = "/tmp";
     snprintf(path, sizeof path, "%s/mailer-dkim-XXXXXX", dir);
-    fd = mkstemp(path);
+    fd = mkostemp(path, O_CLOEXEC);   /* not inherited by programs the caller runs */
     if (fd < 0) {
         char msg[200];
         snprintf(msg, sizeof msg, "cannot create a DKIM spool file in %.100s: %s", dir,
