@@ -7,6 +7,7 @@
  * protected call, so an error inside one becomes an error object and
  * never unwinds through C. */
 #include "lmailer.h"
+#include "mime_addr.h"
 #include "mime_header.h"
 #include "mime_message.h"
 
@@ -943,9 +944,48 @@ static int l_random_hex(lua_State *L)
     return 1;
 }
 
+/* core.envelope_address(s) -> s in its wire form | nil, why: an envelope
+ * address checked with the rules of message addresses (mlr_addr_check)
+ * and its international domain written as an A-label when the local part
+ * is ASCII (mlr_addr_idna); "" (the null reverse-path) passes. */
+static int l_envelope_address(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char why[200], out[MLR_ADDR_MAX + 1];
+    size_t on = 0;
+    int utf8, rc;
+    mlr_buf b;
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    rc = mlr_addr_check(s, n, &utf8, why, sizeof why);
+    if (rc == MLR_OK) {
+        /* nothing below may raise while b holds memory */
+        mlr_buf_init(&b, mlr_default_alloc());
+        rc = mlr_addr_idna(s, n, &b, &utf8, why, sizeof why);
+        if (rc == MLR_OK && b.len <= MLR_ADDR_MAX)
+            memcpy(out, b.data, on = b.len);
+        else if (rc == MLR_OK)
+            rc = MLR_ERR_INPUT, snprintf(why, sizeof why, "address is too long");
+        mlr_buf_free(&b);
+    }
+    if (rc == MLR_ERR_NOMEM)
+        return luaL_error(L, "not enough memory");
+    if (rc) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushlstring(L, out, on);
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"error", l_error},
     {"escape", l_escape},
+    {"envelope_address", l_envelope_address},
     {"mkdir", l_mkdir},
     {"random_hex", l_random_hex},
     {"is_error", l_is_error},
