@@ -431,7 +431,7 @@ static void starttls_and_auth(void)
             const char *name, *user, *pass, *tok;
             size_t ul, pl, tl;
         } bad[] = {
-            {"CR/LF in the username", "u\r\nMAIL FROM:<x@evil.test>", "p", NULL, 27, 1, 0},
+            {"CR/LF in the username", "u\r\nMAIL FROM:<x@evil.test>", "p", NULL, 26, 1, 0},
             {"LF in the username", "u\nx", "p", NULL, 3, 1, 0},
             {"NUL in the username", "u\0x", "p", NULL, 3, 1, 0},
             {"NUL in the password", "u", "p\0q", NULL, 1, 3, 0},
