@@ -314,7 +314,7 @@ static const char *scram_attr(const char *m, size_t n, char a, size_t *len)
 static int scram_client_final(mlr_sasl *s, const uint8_t *ch, size_t n, mlr_buf *out)
 {
     const char *m = (const char *)ch, *r, *salt64, *it;
-    size_t rl, sl, il, i, nonce_len;
+    size_t rl = 0, sl = 0, il = 0, i, nonce_len;   /* set by scram_attr when found */
     uint8_t salt[256], sp[32], ck[32], sk[32], stored[32], csig[32], proof[32];
     unsigned int dl = 0;
     unsigned long iter = 0;

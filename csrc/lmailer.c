@@ -11,6 +11,8 @@
  * r:supply(), which keeps the string alive in the rendering's user value
  * while the renderer reads it. */
 #include "lmailer.h"
+#include "mime_addr.h"
+#include "mime_header.h"
 #include "mime_message.h"
 
 #include <errno.h>
@@ -56,16 +58,97 @@ void *mlr_compat_testudata(lua_State *L, int idx, const char *tname)
 
 /* ---- error objects ---- */
 
+/* The length of the UTF-8 character starting at s[0] (at most n octets
+ * available), or 0 when the octets there are not UTF-8. */
+static size_t utf8_char_len(const unsigned char *s, size_t n)
+{
+    size_t k = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2
+             : s[0] >= 0xE0 && s[0] <= 0xEF ? 3 : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
+    return k && k <= n && mlr_utf8_valid((const char *)s, k) ? k : 0;
+}
+
+/* Does s[0..n) hold anything mlr_add_escaped would change? */
+static int needs_escape(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, k;
+    while (i < n) {
+        if (u[i] < 0x20 || u[i] == 0x7F)
+            return 1;
+        k = utf8_char_len(u + i, n - i);
+        if (k == 0 || (k == 2 && u[i] == 0xC2 && u[i + 1] < 0xA0))
+            return 1;
+        i += k;
+    }
+    return 0;
+}
+
+/* Add s[0..n) to b so that it stays on one line and cannot drive a
+ * terminal: CR, LF and TAB as \r \n \t, other C0 controls, DEL and octets
+ * that are not UTF-8 as \xHH, C1 controls (U+0080..U+009F) as \u00HH;
+ * other UTF-8 text as it is. */
+static void add_escaped(luaL_Buffer *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, k;
+    char e[7];
+    while (i < n) {
+        unsigned c = u[i];
+        k = utf8_char_len(u + i, n - i);
+        if (c == '\r' || c == '\n' || c == '\t') {
+            e[0] = '\\';
+            e[1] = c == '\r' ? 'r' : c == '\n' ? 'n' : 't';
+            luaL_addlstring(b, e, 2);
+        } else if (c < 0x20 || c == 0x7F || k == 0) {
+            e[0] = '\\', e[1] = 'x', e[2] = hex[c >> 4], e[3] = hex[c & 15];
+            luaL_addlstring(b, e, 4);
+            k = 1;
+        } else if (k == 2 && c == 0xC2 && u[i + 1] < 0xA0) {
+            e[0] = '\\', e[1] = 'u', e[2] = '0', e[3] = '0';
+            e[4] = hex[u[i + 1] >> 4], e[5] = hex[u[i + 1] & 15];
+            luaL_addlstring(b, e, 6);
+        } else {
+            luaL_addlstring(b, s + i, k);
+        }
+        i += k ? k : 1;
+    }
+}
+
+/* Push s[0..n) escaped as add_escaped does. */
+static void push_escaped(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer b;
+    if (!needs_escape(s, n)) {
+        lua_pushlstring(L, s, n);
+        return;
+    }
+    luaL_buffinit(L, &b);
+    add_escaped(&b, s, n);
+    luaL_pushresult(&b);
+}
+
+/* core.escape(s) -> s with control characters escaped (as in error texts),
+ * for printing text from a server on a terminal or into a log. */
+static int l_escape(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    push_escaped(L, s, n);
+    return 1;
+}
+
 void mlr_push_error(lua_State *L, const char *kind, const char *message, const char *field,
                     int code, const char *enhanced, int temporary)
 {
     lua_createtable(L, 0, 6);
     lua_pushstring(L, kind ? kind : "protocol");
     lua_setfield(L, -2, "kind");
-    lua_pushstring(L, message ? message : "");
+    message = message ? message : "";
+    push_escaped(L, message, strlen(message));
     lua_setfield(L, -2, "message");
     if (field && *field) {
-        lua_pushstring(L, field);
+        push_escaped(L, field, strlen(field));
         lua_setfield(L, -2, "field");
     }
     if (code >= 0) {
@@ -73,7 +156,7 @@ void mlr_push_error(lua_State *L, const char *kind, const char *message, const c
         lua_setfield(L, -2, "code");
     }
     if (enhanced && *enhanced) {
-        lua_pushstring(L, enhanced);
+        push_escaped(L, enhanced, strlen(enhanced));
         lua_setfield(L, -2, "enhanced");
     }
     lua_pushboolean(L, temporary);
@@ -89,32 +172,35 @@ int mlr_fail(lua_State *L, const char *kind, const char *message, const char *fi
     return 2;
 }
 
-/* tostring(err) -> "<kind> error[ <code>[ <enhanced>]]: <message>" */
+/* tostring(err) -> "<kind> error[ <code>[ <enhanced>]]: <message>", always
+ * one line: control characters are escaped, also in fields a caller set. */
 static int error_tostring(lua_State *L)
 {
+    static const char *const keys[] = {"kind", "code", "enhanced", "message"};
+    const char *v[4];
+    size_t len[4], i;
     luaL_Buffer b;
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    for (i = 0; i < 4; i++) {
+        lua_getfield(L, 1, keys[i]);   /* at index 2 + i */
+        v[i] = lua_isstring(L, -1) && (i != 1 || lua_isnumber(L, -1))
+                   ? lua_tolstring(L, -1, &len[i]) : NULL;
+    }
     luaL_buffinit(L, &b);
-    lua_getfield(L, 1, "kind");
-    luaL_addstring(&b, lua_isstring(L, -1) ? lua_tostring(L, -1) : "unknown");
-    lua_pop(L, 1);
+    if (v[0])
+        add_escaped(&b, v[0], len[0]);
+    else
+        luaL_addstring(&b, "unknown");
     luaL_addstring(&b, " error");
-    lua_getfield(L, 1, "code");
-    if (lua_isnumber(L, -1)) {
-        luaL_addchar(&b, ' ');
-        luaL_addstring(&b, lua_tostring(L, -1));
-    }
-    lua_pop(L, 1);
-    lua_getfield(L, 1, "enhanced");
-    if (lua_isstring(L, -1)) {
-        luaL_addchar(&b, ' ');
-        luaL_addstring(&b, lua_tostring(L, -1));
-    }
-    lua_pop(L, 1);
+    for (i = 1; i <= 2; i++)
+        if (v[i]) {
+            luaL_addchar(&b, ' ');
+            add_escaped(&b, v[i], len[i]);
+        }
     luaL_addstring(&b, ": ");
-    lua_getfield(L, 1, "message");
-    luaL_addstring(&b, lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
-    lua_pop(L, 1);
+    if (v[3])
+        add_escaped(&b, v[3], len[3]);
     luaL_pushresult(&b);
     return 1;
 }
@@ -122,7 +208,18 @@ static int error_tostring(lua_State *L)
 /* core.error(tbl) -> tbl with the error metatable (for the Lua side). */
 static int l_error(lua_State *L)
 {
+    static const char *const keys[] = {"message", "field"};
+    size_t i, n;
     luaL_checktype(L, 1, LUA_TTABLE);
+    for (i = 0; i < 2; i++) {   /* one line, whatever the Lua side put in */
+        const char *s;
+        lua_getfield(L, 1, keys[i]);
+        if (lua_type(L, -1) == LUA_TSTRING && needs_escape(s = lua_tolstring(L, -1, &n), n)) {
+            push_escaped(L, s, n);
+            lua_setfield(L, 1, keys[i]);
+        }
+        lua_pop(L, 1);
+    }
     lua_getfield(L, 1, "temporary");
     if (lua_isnil(L, -1)) {
         lua_pushboolean(L, 0);
@@ -861,8 +958,48 @@ static int l_random_hex(lua_State *L)
     return 1;
 }
 
+/* core.envelope_address(s) -> s in its wire form | nil, why: an envelope
+ * address checked with the rules of message addresses (mlr_addr_check)
+ * and its international domain written as an A-label when the local part
+ * is ASCII (mlr_addr_idna); "" (the null reverse-path) passes. */
+static int l_envelope_address(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char why[200], out[MLR_ADDR_MAX + 1];
+    size_t on = 0;
+    int utf8, rc;
+    mlr_buf b;
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    rc = mlr_addr_check(s, n, &utf8, why, sizeof why);
+    if (rc == MLR_OK) {
+        /* nothing below may raise while b holds memory */
+        mlr_buf_init(&b, mlr_default_alloc());
+        rc = mlr_addr_idna(s, n, &b, &utf8, why, sizeof why);
+        if (rc == MLR_OK && b.len <= MLR_ADDR_MAX)
+            memcpy(out, b.data, on = b.len);
+        else if (rc == MLR_OK)
+            rc = MLR_ERR_INPUT, snprintf(why, sizeof why, "address is too long");
+        mlr_buf_free(&b);
+    }
+    if (rc == MLR_ERR_NOMEM)
+        return luaL_error(L, "not enough memory");
+    if (rc) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushlstring(L, out, on);
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"error", l_error},
+    {"escape", l_escape},
+    {"envelope_address", l_envelope_address},
     {"mkdir", l_mkdir},
     {"random_hex", l_random_hex},
     {"is_error", l_is_error},

@@ -1,9 +1,12 @@
-/* mime_addr.c - mailbox parsing and RFC 5321 address validation. */
+/* mime_addr.c - mailbox parsing, RFC 5321 address validation, and the
+ * IDNA form of international domains (libidn2). */
 #include "mime_addr.h"
 #include "mime_header.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#include <idn2.h>
 
 static int fail(char *err, size_t errlen, const char *msg)
 {
@@ -47,14 +50,16 @@ static int check_domain(const char *d, size_t n, char *err, size_t errlen)
                 return fail(err, errlen, "address domain has an empty label");
             if (d[i - 1] == '-' || d[i - label] == '-')
                 return fail(err, errlen, "address domain label starts or ends with '-'");
+            /* a U-label's limit is that of its A-label (mlr_addr_idna) */
+            if (label > 63 && mlr_is_ascii(d + i - label, label))
+                return fail(err, errlen, "address domain label is longer than 63 octets");
             label = 0;
             continue;
         }
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '-' || c >= 0x80))
             return fail(err, errlen, "address domain has an invalid character");
-        if (++label > 63)
-            return fail(err, errlen, "address domain label is longer than 63 octets");
+        label++;
     }
     return MLR_OK;
 }
@@ -71,15 +76,21 @@ int mlr_addr_check(const char *s, size_t n, int *utf8, char *err, size_t errlen)
     if (n > MLR_ADDR_MAX)
         return fail(err, errlen, "address is longer than 254 octets");
     if (s[0] == '"') {
-        /* quoted local part: qtext or quoted pairs, up to the closing quote */
+        /* A quoted local part is RFC-valid with almost anything inside, but
+         * a server that ignores the quotes would read a space, '<', '>' or
+         * '=' as the end of the path and the start of ESMTP parameters
+         * ("x> NOTIFY=SUCCESS ORCPT=..."), ',' ':' '@' as a source route.
+         * Only what a dot-string may hold is accepted inside the quotes
+         * (so they serve for dots in odd places), and no quoted pairs. */
         for (i = 1; i < n && s[i] != '"'; i++) {
             unsigned char c = (unsigned char)s[i];
-            if (c == '\\') {
-                if (++i >= n || (unsigned char)s[i] < 32 || s[i] == 127)
-                    return fail(err, errlen, "address has a bad escape in its quoted local part");
-            } else if (c < 32 || c == 127) {
+            if (c < 32 || c == 127)
                 return fail(err, errlen, "address has a control character");
-            }
+            if ((!is_atext(c) && c != '.') || c == '=')
+                return fail(err, errlen,
+                            "address has a quoted local part holding a space, a backslash or "
+                            "one of \"<>=(),:;@[] (refused: a server that ignores the quotes "
+                            "would read SMTP parameters in it)");
         }
         if (i >= n)
             return fail(err, errlen, "address has an unbalanced '\"'");
@@ -236,4 +247,57 @@ int mlr_addr_parse(const mlr_alloc *a, const char *s, size_t n, char **name, siz
         mlr_buf_free(&nb);
         return rc;
     }
+}
+
+int mlr_addr_idna(const char *s, size_t n, mlr_buf *out, int *utf8_local, char *err,
+                  size_t errlen)
+{
+    char dom[MLR_DOMAIN_MAX + 1], msg[200];
+    const char *at = NULL, *d;
+    uint8_t *alabel = NULL;
+    size_t i, local, dn, an;
+    int rc;
+    *utf8_local = 0;
+    for (i = n; i > 0; i--)
+        if (s[i - 1] == '@') {
+            at = s + i - 1;
+            break;
+        }
+    if (!at)   /* not an address (the null reverse-path, say): as it is */
+        return mlr_buf_add(out, s, n);
+    local = (size_t)(at - s);
+    d = at + 1;
+    dn = n - local - 1;
+    *utf8_local = !mlr_is_ascii(s, local);
+    if (mlr_is_ascii(d, dn) || dn > MLR_DOMAIN_MAX || memchr(d, '\0', dn) || d[0] == '[')
+        return mlr_buf_add(out, s, n);
+    memcpy(dom, d, dn);
+    dom[dn] = '\0';
+    /* UTS #46 non-transitional processing, as browsers and idn2(1) do:
+     * mapping (case, width, NFC), validity (IDNA 2008, bidi, joiners),
+     * then Punycode. No STD3 flag: libidn2 drops what STD3 disallows
+     * instead of failing, so the result is checked as a host name (LDH
+     * labels of at most 63 octets) here. */
+    rc = idn2_lookup_u8((const uint8_t *)dom, &alabel, IDN2_NONTRANSITIONAL);
+    if (rc != IDN2_OK) {
+        snprintf(msg, sizeof msg, "address domain is not a valid international domain name (%s)",
+                 idn2_strerror(rc));
+        return fail(err, errlen, msg);
+    }
+    an = strlen((const char *)alabel);
+    if (!mlr_is_ascii((const char *)alabel, an) ||
+        check_domain((const char *)alabel, an, err, errlen)) {
+        snprintf(msg, sizeof msg, "address domain is not a valid international domain name "
+                                  "(not a host name once mapped: %.80s)", (const char *)alabel);
+        rc = fail(err, errlen, msg);
+    } else if (local + 1 + an > MLR_ADDR_MAX) {
+        rc = fail(err, errlen, "address is longer than 254 octets once its domain is an A-label");
+    } else if (*utf8_local) {
+        /* with a non-ASCII local part (SMTPUTF8) the domain stays as given */
+        rc = mlr_buf_add(out, s, n);
+    } else if ((rc = mlr_buf_add(out, s, local + 1)) == MLR_OK) {
+        rc = mlr_buf_add(out, (const char *)alabel, an);
+    }
+    idn2_free(alabel);
+    return rc;
 }

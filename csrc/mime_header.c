@@ -461,3 +461,183 @@ int mlr_fold_param(mlr_fold *f, const char *attr, const char *v, size_t n, int e
     mlr_buf_free(&tok);
     return rc;
 }
+
+/* ---- Content-Type values ---- */
+
+#define CT_MAX_LEN 900    /* longer values are refused, not folded into many lines */
+#define CT_MAX_PARAMS 32
+
+/* An RFC 2045 token character (printable ASCII but SPACE and tspecials). */
+static int ct_tchar(unsigned char c)
+{
+    return c > 32 && c < 127 && !strchr("()<>@,;:\\\"/[]?=", c);
+}
+
+/* ASCII case-insensitive equality of a[0..n) and b[0..m). */
+static int ct_same(const char *a, size_t n, const char *b, size_t m)
+{
+    size_t i;
+    if (n != m)
+        return 0;
+    for (i = 0; i < n; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (char)(y + 32);
+        if (x != y)
+            return 0;
+    }
+    return 1;
+}
+
+static int ct_fail(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "content_type %s", msg);
+    return MLR_ERR_INPUT;
+}
+
+/* The length of the token at s[i..n). */
+static size_t ct_token(const char *s, size_t i, size_t n)
+{
+    size_t j = i;
+    while (j < n && ct_tchar((unsigned char)s[j]))
+        j++;
+    return j - i;
+}
+
+int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errlen)
+{
+    size_t i = 0, t, st, attr[CT_MAX_PARAMS], alen[CT_MAX_PARAMS], np = 0, k;
+    mlr_buf tok;
+    int rc = MLR_OK;
+    if (n > CT_MAX_LEN)
+        return ct_fail(err, errlen, "is too long");
+    for (k = 0; k < n; k++)
+        if ((unsigned char)s[k] >= 127 || ((unsigned char)s[k] < 32 && s[k] != '\t'))
+            return ct_fail(err, errlen, "must be printable ASCII (no control characters)");
+    while (i < n && is_wsp(s[i]))
+        i++;
+    t = i;
+    i += ct_token(s, i, n);
+    if (i == t || i >= n || s[i] != '/')
+        return ct_fail(err, errlen, "must look like type/subtype");
+    st = ++i;
+    i += ct_token(s, i, n);
+    if (i == st)
+        return ct_fail(err, errlen, "must look like type/subtype");
+    if (ct_same(s + t, st - 1 - t, "multipart", 9))
+        return ct_fail(err, errlen, "cannot be multipart/* (mailer builds the structure)");
+    if (f && (rc = mlr_fold_add(f, " ", 1, s + t, i - t)))
+        return rc;
+    mlr_buf_init(&tok, f ? f->b->a : mlr_default_alloc());
+    while (rc == MLR_OK) {
+        size_t a, al, v, vl;
+        int quoted = 0;
+        while (i < n && is_wsp(s[i]))
+            i++;
+        if (i >= n)
+            break;
+        if (s[i] != ';') {
+            rc = ct_fail(err, errlen, "must be type/subtype, then \"; attribute=value\" parameters");
+            break;
+        }
+        i++;
+        while (i < n && is_wsp(s[i]))
+            i++;
+        a = i;
+        al = ct_token(s, i, n);
+        i += al;
+        while (i < n && is_wsp(s[i]))
+            i++;
+        if (al == 0 || i >= n || s[i] != '=') {
+            rc = ct_fail(err, errlen, "has a parameter that is not attribute=value (or a stray ';')");
+            break;
+        }
+        i++;
+        while (i < n && is_wsp(s[i]))
+            i++;
+        v = i;
+        if (i < n && s[i] == '"') {
+            /* a quoted string: the value is what it holds, unescaped */
+            quoted = 1;
+            for (v = ++i; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\' && ++i >= n)
+                    break;
+            if (i >= n) {
+                rc = ct_fail(err, errlen, "has an unbalanced '\"'");
+                break;
+            }
+            vl = i++ - v;
+            if (i < n && !is_wsp(s[i]) && s[i] != ';') {
+                rc = ct_fail(err, errlen, "has text after a quoted parameter value");
+                break;
+            }
+        } else {
+            vl = ct_token(s, i, n);
+            i += vl;
+            if (vl == 0 || (i < n && !is_wsp(s[i]) && s[i] != ';')) {
+                rc = ct_fail(err, errlen, "has a parameter value that needs quotes");
+                break;
+            }
+        }
+        if (memchr(s + a, '*', al)) {
+            rc = ct_fail(err, errlen, "has an RFC 2231 parameter (attribute*=): give plain values");
+            break;
+        }
+        if (ct_same(s + a, al, "name", 4)) {
+            rc = ct_fail(err, errlen, "has a name= parameter: give the file name as filename");
+            break;
+        }
+        for (k = 0; k < np; k++)
+            if (ct_same(s + a, al, s + attr[k], alen[k]))
+                break;
+        if (k < np) {
+            rc = ct_fail(err, errlen, "has the same parameter twice");
+            break;
+        }
+        if (np == CT_MAX_PARAMS) {
+            rc = ct_fail(err, errlen, "has too many parameters");
+            break;
+        }
+        attr[np] = a;
+        alen[np++] = al;
+        if (!f)
+            continue;
+        /* attribute=value, the value a token when it can be one, else a
+         * quoted string with '"' and '\' escaped */
+        mlr_buf_reset(&tok);
+        rc = mlr_buf_add(&tok, s + a, al);
+        if (!rc)
+            rc = mlr_buf_addc(&tok, '=');
+        {
+            mlr_buf val;
+            size_t j, plain;
+            mlr_buf_init(&val, tok.a);
+            for (j = v; j < v + vl && !rc; j++) {
+                if (quoted && s[j] == '\\')
+                    j++;
+                rc = mlr_buf_addc(&val, s[j]);
+            }
+            plain = val.len > 0 && ct_token(val.data ? val.data : "", 0, val.len) == val.len;
+            if (!rc && !plain)
+                rc = mlr_buf_addc(&tok, '"');
+            for (j = 0; j < val.len && !rc; j++) {
+                if (!plain && (val.data[j] == '"' || val.data[j] == '\\'))
+                    rc = mlr_buf_addc(&tok, '\\');
+                if (!rc)
+                    rc = mlr_buf_addc(&tok, val.data[j]);
+            }
+            if (!rc && !plain)
+                rc = mlr_buf_addc(&tok, '"');
+            mlr_buf_free(&val);
+        }
+        if (!rc)
+            rc = mlr_fold_add(f, "", 0, ";", 1);
+        if (!rc)
+            rc = mlr_fold_add(f, " ", 1, tok.data, tok.len);
+    }
+    mlr_buf_free(&tok);
+    return rc;
+}

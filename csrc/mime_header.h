@@ -63,4 +63,14 @@ int mlr_fold_phrase(mlr_fold *f, const char *ws, size_t wslen, const char *s, si
  * a quoted string of RFC 2047 words instead (the "name=" fallback). */
 int mlr_fold_param(mlr_fold *f, const char *attr, const char *v, size_t n, int ew_fallback);
 
+/* Append " type/subtype; attribute=value..." for a Content-Type value given
+ * by the caller: parsed (RFC 2045 tokens, values as tokens or quoted
+ * strings, white space around ';' and '=') and written back with each
+ * value a token where it can be one, else a quoted string with '"' and '\'
+ * escaped. Refused with MLR_ERR_INPUT (reason in err, starting with
+ * "content_type"): anything else, non-ASCII or control characters, a
+ * repeated attribute, RFC 2231 attributes (with '*'), name= (the file name
+ * is a field of its own) and multipart types. With f NULL it only checks. */
+int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errlen);
+
 #endif

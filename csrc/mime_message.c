@@ -6,6 +6,7 @@
  * one buffer) and body operations that encode a part's source. The
  * renderer walks that list; a body is read in fixed blocks and encoded by
  * the incremental encoders, so memory is two blocks whatever the size. */
+#define _GNU_SOURCE 1   /* mkostemp (glibc; the BSDs and macOS have it by default) */
 #include "mime_message.h"
 #include "codec_base64.h"
 #include "codec_qp.h"
@@ -14,6 +15,7 @@
 #include "mime_header.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +238,29 @@ int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const cha
             return rc;
         mlr_addr_check(it.addr, it.addr_len, &it.utf8, err, sizeof err);
     }
+    /* an international domain as its A-label (unless the local part needs
+     * SMTPUTF8 anyway): headers and envelope hold the same form */
+    {
+        mlr_buf ab;
+        mlr_buf_init(&ab, m->a);
+        rc = mlr_addr_idna(it.addr, it.addr_len, &ab, &it.utf8, err, sizeof err);
+        if (rc == MLR_OK && (ab.len != it.addr_len || memcmp(ab.data, it.addr, ab.len))) {
+            char *c = mlr_strndup(m->a, ab.data, ab.len);
+            if (c) {
+                mlr_free(m->a, it.addr, it.addr_len + 1);
+                it.addr = c;
+                it.addr_len = ab.len;
+            } else {
+                rc = MLR_ERR_NOMEM;
+            }
+        }
+        mlr_buf_free(&ab);
+        if (rc) {
+            mlr_free(m->a, it.name, it.name_len + 1);
+            mlr_free(m->a, it.addr, it.addr_len + 1);
+            return rc == MLR_ERR_INPUT ? failf(m, field, err) : rc;
+        }
+    }
     {
         void *p = mlr_realloc(m->a, m->addrs[role], m->naddrs[role] * sizeof it,
                               (m->naddrs[role] + 1) * sizeof it);
@@ -247,7 +272,8 @@ int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const cha
         m->addrs[role] = p;
         m->addrs[role][m->naddrs[role]++] = it;
     }
-    if (it.utf8 && role != MLR_ROLE_REPLY_TO)
+    /* a non-ASCII local part in any header (Reply-To too) needs SMTPUTF8 */
+    if (it.utf8)
         m->smtputf8 = 1;
     return MLR_OK;
 }
@@ -463,28 +489,6 @@ int mlr_msg_set_html(mlr_msg *m, const char *s, size_t n)
     return set_body(m, &m->html, "html", "html", s, n);
 }
 
-/* Check "type/subtype" (RFC 2045 tokens), optionally with parameters. */
-static int check_ctype(const char *ct)
-{
-    size_t i, slash = 0;
-    for (i = 0; ct[i] && ct[i] != ';'; i++) {
-        unsigned char c = (unsigned char)ct[i];
-        if (c == '/') {
-            if (slash++ || i == 0)
-                return 0;
-            continue;
-        }
-        if (c <= 32 || c >= 127 || strchr("()<>@,:\\\"[]?=", c))
-            return 0;
-    }
-    if (slash != 1 || ct[i - 1] == '/')
-        return 0;
-    for (; ct[i]; i++)
-        if ((unsigned char)ct[i] < 32 || (unsigned char)ct[i] >= 127)
-            return 0;
-    return 1;
-}
-
 int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
                      const char *filename, size_t filename_len, const char *cid,
                      size_t cid_len, const char *field)
@@ -494,8 +498,8 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
     char err[200];
     size_t i;
     int rc;
-    if (!check_ctype(content_type))
-        return failf(m, field, "content_type must look like type/subtype");
+    if (mlr_fold_ctype(NULL, content_type, strlen(content_type), err, sizeof err))
+        return failf(m, field, err);
     if (filename && mlr_hdr_check_value(filename, filename_len, err, sizeof err))
         return failf(m, field, "filename contains CR, LF, NUL or invalid UTF-8");
     if (filename && filename_len == 0)
@@ -553,7 +557,7 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
      * with an RFC 2231 filename. */
     rc = mlr_fold_start(&f, &p->headers, "Content-Type", 12);
     if (!rc)
-        rc = mlr_fold_add(&f, " ", 1, content_type, strlen(content_type));
+        rc = mlr_fold_ctype(&f, content_type, strlen(content_type), err, sizeof err);
     if (!rc && filename)
         rc = mlr_fold_param(&f, "name", filename, filename_len, 1);
     if (!rc)
@@ -1318,7 +1322,7 @@ static int spool_open(mlr_render *r, part *p)
     if (!dir || !*dir || strlen(dir) > 400)
         dir = "/tmp";
     snprintf(path, sizeof path, "%s/mailer-dkim-XXXXXX", dir);
-    fd = mkstemp(path);
+    fd = mkostemp(path, O_CLOEXEC);   /* not inherited by programs the caller runs */
     if (fd < 0) {
         char msg[200];
         snprintf(msg, sizeof msg, "cannot create a DKIM spool file in %.100s: %s", dir,

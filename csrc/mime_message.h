@@ -64,7 +64,8 @@ typedef struct mlr_src {
 
 /* Add an address to a role. With name == NULL, s is a mailbox string
  * ("Name <a@b>" or "a@b"); else s is a bare addr-spec and name the
- * display name. */
+ * display name. A non-ASCII domain is stored as its A-label when the
+ * local part is ASCII (mlr_addr_idna); an invalid one is MLR_ERR_INPUT. */
 int mlr_msg_add_address(mlr_msg *m, int role, const char *s, size_t n, const char *name,
                         size_t name_len, const char *field);
 int mlr_msg_set_subject(mlr_msg *m, const char *s, size_t n);
@@ -110,7 +111,9 @@ const mlr_msg_error *mlr_msg_last_error(const mlr_msg *m);
 const char *mlr_msg_env_from(const mlr_msg *m);
 size_t mlr_msg_env_count(const mlr_msg *m);
 const char *mlr_msg_env_rcpt(const mlr_msg *m, size_t i);
-/* True when an envelope address has non-ASCII octets (needs SMTPUTF8). */
+/* True when an address of any role has a non-ASCII local part: the
+ * message needs SMTPUTF8. (International domains never do: they are kept
+ * as A-labels when the local part is ASCII, see mlr_addr_idna.) */
 int mlr_msg_needs_smtputf8(const mlr_msg *m);
 /* Exact rendered size in octets when every source has a known size, else 0
  * (the DKIM-Signature field included when the message is signed). */

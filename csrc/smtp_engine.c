@@ -12,6 +12,7 @@
 
 #include "auth.h"
 #include "codec_dotstuff.h"
+#include "mime_addr.h"
 
 #define BODY_BLOCK (32 * 1024)   /* refill the output up to this many octets (bounded memory) */
 #define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
@@ -59,6 +60,7 @@ struct mlr_smtp {
     mlr_buf out;          /* bytes to write: out.data[out_pos .. out.len) */
     size_t out_pos;
     mlr_buf tmp;          /* command line under construction */
+    mlr_buf addr;         /* an envelope address in its wire form */
 
     expect_entry q[QCAP];
     size_t qhead, qlen;
@@ -243,14 +245,20 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
         snprintf(errmsg, errlen, "invalid helo name (empty, too long, or a space or control character)");
         return NULL;
     }
-    if (o->username && ((o->password && memchr(o->password, '\0', o->password_len)) ||
-                        memchr(o->username, '\0', o->username_len))) {
-        snprintf(errmsg, errlen, "username or password contains a NUL octet");
+    /* Credentials no mechanism can carry are refused before anything is
+     * sent, rather than reaching the server as a failed AUTH: a control
+     * character in the user name, a NUL in the password (PLAIN separates
+     * its fields with NUL) or any control character in a token. */
+    if (o->username && has_ctl(o->username, o->username_len)) {
+        snprintf(errmsg, errlen, "username contains a control character (CR, LF, NUL...)");
         return NULL;
     }
-    if (o->username && o->token && !o->password &&
-        (has_ctl(o->token, o->token_len) || has_ctl(o->username, o->username_len))) {
-        snprintf(errmsg, errlen, "username or token contains a control character");
+    if (o->username && o->password && memchr(o->password, '\0', o->password_len)) {
+        snprintf(errmsg, errlen, "password contains a NUL octet");
+        return NULL;
+    }
+    if (o->username && o->token && !o->password && has_ctl(o->token, o->token_len)) {
+        snprintf(errmsg, errlen, "token contains a control character (CR, LF, NUL...)");
         return NULL;
     }
     *err = MLR_ERR_NOMEM;
@@ -263,6 +271,7 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     mlr_buf_init(&e->ehlo, a);
     mlr_buf_init(&e->out, a);
     mlr_buf_init(&e->tmp, a);
+    mlr_buf_init(&e->addr, a);
     mlr_buf_init(&e->sasl_buf, a);
     mlr_buf_init(&e->chunk, a);
     mlr_reply_init(&e->rp, a);
@@ -324,6 +333,7 @@ void mlr_smtp_free(mlr_smtp *e)
     mlr_buf_free(&e->ehlo);
     mlr_buf_free(&e->out);
     mlr_buf_free(&e->tmp);
+    mlr_buf_free(&e->addr);
     mlr_buf_free(&e->sasl_buf);
     mlr_buf_free(&e->chunk);
     mlr_reply_free(&e->rp);
@@ -347,45 +357,27 @@ void mlr_smtp_txn_free(mlr_smtp_txn *t)
     mlr_buf_free(&t->text);
 }
 
-/* Check an envelope addr-spec; NULL when fine, else why not. */
-static const char *check_addr(const char *s, size_t n, int is_from, int *nonascii)
+/* Check an envelope addr-spec with the rules of message addresses
+ * (mlr_addr_check: no control characters, no quoted local part that could
+ * hide ESMTP parameters, RFC 5321 lengths) and its international domain
+ * (mlr_addr_idna, which writes the wire form into scratch). The lengths
+ * are the caller's, never strlen. MLR_OK or MLR_ERR_INPUT with why set;
+ * *utf8_local when the local part needs SMTPUTF8. */
+static int check_addr(mlr_buf *scratch, const char *s, size_t n, int is_from, int *utf8_local,
+                      char *why, size_t whylen)
 {
-    size_t i, at = 0;
-    int quote = 0, esc = 0, seen_at = 0;
-    if (n == 0)
-        return is_from ? NULL : "empty recipient address";
-    if (n > 254)
-        return "address longer than 254 octets (path limit 256)";
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f)
-            return "address contains a control character (CR, LF, NUL...)";
-        if (c >= 0x80)
-            *nonascii = 1;
-        if (esc) {
-            esc = 0;
-        } else if (quote) {
-            if (c == '\\')
-                esc = 1;
-            else if (c == '"')
-                quote = 0;
-        } else if (c == '"') {
-            quote = 1;
-        } else if (c == ' ' || c == '<' || c == '>' || c == '(' || c == ')' ||
-                   c == ',' || c == ';') {
-            return "address is not a bare addr-spec (space, bracket, comma or comment)";
-        } else if (c == '@') {
-            at = i;
-            seen_at = 1;
-        }
+    int utf8, rc;
+    *utf8_local = 0;
+    if (n == 0) {
+        if (is_from)
+            return MLR_OK;
+        snprintf(why, whylen, "empty recipient address");
+        return MLR_ERR_INPUT;
     }
-    if (quote || esc)
-        return "address has an unbalanced quote";
-    if (!seen_at || at == 0 || at == n - 1)
-        return "address is not of the form local@domain";
-    if (at > 64)
-        return "address local part longer than 64 octets";
-    return NULL;
+    if ((rc = mlr_addr_check(s, n, &utf8, why, whylen)))
+        return rc;
+    mlr_buf_reset(scratch);
+    return mlr_addr_idna(s, n, scratch, utf8_local, why, whylen);
 }
 
 /* Append the RFC 3461 xtext of s[0..n). */
@@ -441,9 +433,15 @@ static int build_mail(mlr_smtp *e, mlr_smtp_txn *t, int utf8)
 {
     mlr_buf *b = &e->tmp;
     char num[32];
+    int rc, local8;
+    char why[8];   /* unused: txn_start checked the address */
     mlr_buf_reset(b);
-    if (mlr_buf_addstr(b, "MAIL FROM:<") || mlr_buf_add(b, t->from, t->from_len) ||
-        mlr_buf_addc(b, '>'))
+    if (mlr_buf_addstr(b, "MAIL FROM:<"))
+        return MLR_ERR_NOMEM;
+    /* the address in its wire form (an international domain as A-label) */
+    if ((rc = mlr_addr_idna(t->from, t->from_len, b, &local8, why, sizeof why)))
+        return rc;
+    if (mlr_buf_addc(b, '>'))
         return MLR_ERR_NOMEM;
     if ((e->caps.flags & MLR_CAP_SIZE) && t->size) {
         snprintf(num, sizeof num, " SIZE=%llu", (unsigned long long)t->size);
@@ -473,9 +471,16 @@ static int build_mail(mlr_smtp *e, mlr_smtp_txn *t, int utf8)
 static int build_rcpt(mlr_smtp *e, mlr_smtp_txn *t, size_t i)
 {
     mlr_buf *b = &e->tmp;
-    const char *addr = t->rcpt[i];
-    size_t n = t->rcpt_len[i], k;
-    int ascii = 1;
+    const char *addr;
+    size_t n, k;
+    int ascii = 1, rc, local8;
+    char why[8];   /* unused: txn_start checked the address */
+    /* the address in its wire form (an international domain as A-label) */
+    mlr_buf_reset(&e->addr);
+    if ((rc = mlr_addr_idna(t->rcpt[i], t->rcpt_len[i], &e->addr, &local8, why, sizeof why)))
+        return rc;
+    addr = e->addr.data;
+    n = e->addr.len;
     mlr_buf_reset(b);
     if (mlr_buf_addstr(b, "RCPT TO:<") || mlr_buf_add(b, addr, n) || mlr_buf_addc(b, '>'))
         return MLR_ERR_NOMEM;
@@ -564,9 +569,10 @@ static void start_bdat(mlr_smtp *e, mlr_smtp_txn *t)
 /* Validate and start a queued transaction; 1 when its commands went out. */
 static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
 {
-    const char *why;
-    size_t i, len;
-    int nonascii = 0, rc;
+    char why[200];
+    const char *u8 = NULL;   /* the first address with a non-ASCII local part */
+    size_t i, len, u8len = 0;
+    int local8, rc;
     if (!t->read) {
         txn_reject(e, t, MLR_ERR_INPUT, "no message body source");
         return 0;
@@ -575,15 +581,30 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
         txn_reject(e, t, MLR_ERR_INPUT, "no recipients");
         return 0;
     }
-    if ((why = check_addr(t->from, t->from_len, 1, &nonascii))) {
+    rc = check_addr(&e->addr, t->from, t->from_len, 1, &local8, why, sizeof why);
+    if (rc == MLR_ERR_INPUT) {
         txn_reject(e, t, MLR_ERR_INPUT, "invalid envelope sender: %s", why);
         return 0;
     }
-    for (i = 0; i < t->nrcpt; i++)
-        if ((why = check_addr(t->rcpt[i], t->rcpt_len[i], 0, &nonascii))) {
+    if (rc)
+        return nomem(e), 0;
+    if (local8) {
+        u8 = t->from;
+        u8len = t->from_len;
+    }
+    for (i = 0; i < t->nrcpt; i++) {
+        rc = check_addr(&e->addr, t->rcpt[i], t->rcpt_len[i], 0, &local8, why, sizeof why);
+        if (rc == MLR_ERR_INPUT) {
             txn_reject(e, t, MLR_ERR_INPUT, "invalid envelope recipient %zu: %s", i + 1, why);
             return 0;
         }
+        if (rc)
+            return nomem(e), 0;
+        if (local8 && !u8) {
+            u8 = t->rcpt[i];
+            u8len = t->rcpt_len[i];
+        }
+    }
     if (t->dsn_ret && strcmp(t->dsn_ret, "FULL") && strcmp(t->dsn_ret, "HDRS")) {
         txn_reject(e, t, MLR_ERR_INPUT, "DSN ret must be FULL or HDRS");
         return 0;
@@ -596,7 +617,7 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
         txn_reject(e, t, MLR_ERR_INPUT, "invalid DSN notify value");
         return 0;
     }
-    if (nonascii)
+    if (u8)
         t->utf8 = 1;
     t->bdat = (e->caps.flags & MLR_CAP_CHUNKING) && !e->no_chunking;
     if (t->binarymime && !(t->bdat && ehlo_has(e, "BINARYMIME"))) {
@@ -606,8 +627,14 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
         return 0;
     }
     if (t->utf8 && !(e->caps.flags & MLR_CAP_SMTPUTF8)) {
-        txn_reject(e, t, MLR_ERR_UNSUPPORTED,
-                   "the message needs SMTPUTF8 (non-ASCII addresses) but the server does not offer it");
+        if (u8)
+            txn_reject(e, t, MLR_ERR_UNSUPPORTED,
+                       "the address %.*s has a non-ASCII local part, which needs SMTPUTF8, but "
+                       "the server does not offer it", (int)u8len, u8);
+        else
+            txn_reject(e, t, MLR_ERR_UNSUPPORTED,
+                       "the message needs SMTPUTF8 (an address in its headers has a non-ASCII "
+                       "local part) but the server does not offer it");
         return 0;
     }
     if ((e->caps.flags & MLR_CAP_SIZE) && e->caps.size && t->size > e->caps.size) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets (fuzz/fuzz_*.c) with clang, AddressSanitizer
 # and UBSan into $OUT (default: build-fuzz). The core is compiled with
-# coverage instrumentation; OpenSSL comes from the system.
+# coverage instrumentation; OpenSSL and libidn2 come from the system.
 #   fuzz/build.sh            build every target
 #   fuzz/build.sh reply qp   build only these
 set -euo pipefail
@@ -36,7 +36,7 @@ else
   done
 fi
 for t in "${targets[@]}"; do
-  "$CC" "${COMMON[@]}" -Werror -fsanitize=fuzzer "fuzz/fuzz_$t.c" "${objs[@]}" -lssl -lcrypto \
+  "$CC" "${COMMON[@]}" -Werror -fsanitize=fuzzer "fuzz/fuzz_$t.c" "${objs[@]}" -lssl -lcrypto -lidn2 \
     -o "$OUT/fuzz_$t"
   echo "built $OUT/fuzz_$t"
 done

@@ -2,12 +2,14 @@
  *
  * mlr_addr_check is compared with a reference validator written here
  * from the rules in mime_addr.h (RFC 5321 Mailbox: dot-string or quoted
- * local part of at most 64 octets; domain of LDH or UTF-8 labels of at
- * most 63, 255 in all, or an address literal; 254 octets in all; no CR,
- * LF, NUL or invalid UTF-8). mlr_addr_parse must only hand out addresses
- * that pass the validator and occur verbatim in the input, and a display
- * name that comes back unchanged when written as a header phrase and
- * parsed again. The checking allocator verifies sizes and leaks. */
+ * local part of at most 64 octets, the quotes holding only dot-string
+ * characters but '='; domain of LDH labels of at most 63 or UTF-8 labels,
+ * 255 in all, or an address literal; 254 octets in all; no CR, LF, NUL or
+ * invalid UTF-8). mlr_addr_idna must keep the local part and give a
+ * valid address, all ASCII when the local part is. mlr_addr_parse must
+ * only hand out addresses that pass the validator and occur verbatim in
+ * the input, and a display name that comes back unchanged when written as
+ * a header phrase and parsed again. The checking allocator verifies sizes and leaks. */
 #include <string.h>
 
 #include "fuzz_util.h"
@@ -29,15 +31,10 @@ static int ref_valid(const uint8_t *s, size_t n)
         !mlr_utf8_valid((const char *)s, n))
         return 0;
     if (s[0] == '"') {
-        for (i = 1; i < n && s[i] != '"'; i++) {
-            if (s[i] == '\\') {
-                i++;
-                if (i >= n || s[i] < 32 || s[i] == 127)
-                    return 0;
-            } else if (s[i] < 32 || s[i] == 127) {
+        /* inside the quotes only what a dot-string holds, '=' excepted */
+        for (i = 1; i < n && s[i] != '"'; i++)
+            if ((!atext(s[i]) && s[i] != '.') || s[i] == '=')
                 return 0;
-            }
-        }
         if (i >= n)
             return 0;
         at = i + 1;
@@ -72,7 +69,14 @@ static int ref_valid(const uint8_t *s, size_t n)
     }
     for (i = 0; i <= dn; i++) {
         if (i == dn || d[i] == '.') {
+            size_t k;
+            int ascii = 1;
             if (lab == 0 || d[i - 1] == '-' || d[i - lab] == '-')
+                return 0;
+            /* a non-ASCII label is limited by its A-label, not here */
+            for (k = i - lab; k < i; k++)
+                ascii &= d[k] < 0x80;
+            if (ascii && lab > 63)
                 return 0;
             lab = 0;
             continue;
@@ -80,8 +84,7 @@ static int ref_valid(const uint8_t *s, size_t n)
         if (!((d[i] >= 'a' && d[i] <= 'z') || (d[i] >= 'A' && d[i] <= 'Z') ||
               (d[i] >= '0' && d[i] <= '9') || d[i] == '-' || d[i] >= 0x80))
             return 0;
-        if (++lab > 63)
-            return 0;
+        lab++;
     }
     return 1;
 }
@@ -162,6 +165,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ref = ref_valid(data, size);
     FZ_ASSERTF((rc == MLR_OK) == ref, "mlr_addr_check says %d, reference %d", rc, ref);
     FZ_ASSERT(rc == MLR_OK || rc == MLR_ERR_INPUT);
+    if (rc == MLR_OK) {
+        /* the IDNA form: the local part unchanged; an ASCII local part
+         * gets an ASCII domain (the A-label), a valid address again */
+        mlr_buf b;
+        int local8 = 0;
+        mlr_buf_init(&b, &h.alloc);
+        rc = mlr_addr_idna((const char *)data, size, &b, &local8, err, sizeof err);
+        FZ_ASSERT(rc == MLR_OK || rc == MLR_ERR_INPUT);
+        if (rc == MLR_OK) {
+            long at = fz_find((const uint8_t *)b.data, b.len, "@", 1);
+            FZ_ASSERTF(ref_valid((const uint8_t *)b.data, b.len), "IDNA form is not valid");
+            FZ_ASSERT(at > 0 && (size_t)at < size && memcmp(b.data, data, (size_t)at) == 0);
+            FZ_ASSERT(local8 == !mlr_is_ascii(b.data, (size_t)at));
+            if (!local8)
+                FZ_ASSERTF(mlr_is_ascii(b.data, b.len), "non-ASCII domain left with an ASCII local part");
+        }
+        mlr_buf_free(&b);
+    }
 
     rc = mlr_addr_parse(&h.alloc, (const char *)data, size, &name, &nl, &addr, &al, err,
                         sizeof err);

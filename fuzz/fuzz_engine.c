@@ -32,7 +32,7 @@
 static const char *const addrs[8] = {
     "bob@example.com", "carol@example.net", "\"odd local\"@example.org",
     "\xce\xb4@\xcf\x80.example", "evil@x.example\r\nVRFY root", "a@b.example\0\r\nVRFY x",
-    "dave@[192.0.2.1]", "eve@example.com"};
+    "dave@[192.0.2.1]", "eve@b\303\274cher.example"};
 
 typedef struct body {
     const uint8_t *p;

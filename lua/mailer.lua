@@ -435,6 +435,32 @@ function M.raw_message(path, envelope)
   return core.msg_finish(m)
 end
 
+-- The envelope of a send option { from =, to = } (strings; to a list) in
+-- its wire form: each address checked with the rules of message addresses
+-- (no CR, LF or NUL, no quoted local part that could hide SMTP parameters)
+-- and an international domain written as its A-label. Returns { from =,
+-- to = } (nil where not given), or nil, err (kind "input", field
+-- "envelope.from" or "envelope.to[i]").
+function M.envelope_addresses(from, to)
+  local out = {}
+  if from ~= nil then
+    local why
+    out.from, why = core.envelope_address(from)
+    if not out.from then return input_error("envelope.from", why) end
+  end
+  if to ~= nil then
+    out.to = {}
+    for i, a in ipairs(to) do
+      local field = "envelope.to[" .. i .. "]"
+      if a == "" then return input_error(field, "empty recipient address") end
+      local w, why = core.envelope_address(a)
+      if not w then return input_error(field, why) end
+      out.to[i] = w
+    end
+  end
+  return out
+end
+
 -- Write a message into an outbox directory as <time>-<id>.eml, atomically
 -- (a temporary file renamed into place), with the envelope in a .json
 -- file beside it. Returns a receipt with the path.
@@ -451,8 +477,19 @@ local function write_outbox(msg, dir, opts)
   end
   local from, rcpts = msg:envelope()
   if opts and opts.envelope then
-    from = opts.envelope.from or from
-    rcpts = opts.envelope.to or rcpts
+    local env = opts.envelope
+    local to = type(env) == "table" and (type(env.to) == "string" and { env.to } or env.to)
+    if type(env) ~= "table" or (env.from ~= nil and type(env.from) ~= "string") or
+        (to ~= nil and type(to) ~= "table") then
+      return input_error("envelope", "expected { from = string, to = { strings } }")
+    end
+    for i, a in ipairs(to or {}) do
+      if type(a) ~= "string" then return input_error("envelope.to[" .. i .. "]", "expected a string") end
+    end
+    local e, eerr = M.envelope_addresses(env.from, to)
+    if not e then return nil, eerr end
+    from = e.from or from
+    rcpts = e.to or rcpts
   end
   local name = os.date("!%Y%m%dT%H%M%SZ") .. "-" .. core.random_hex(8)
   local path = dir .. "/" .. name .. ".eml"

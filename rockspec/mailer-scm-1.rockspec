@@ -21,6 +21,10 @@ external_dependencies = {
     header = "openssl/ssl.h",
     library = "ssl",
   },
+  LIBIDN2 = {
+    header = "idn2.h",
+    library = "idn2",
+  },
 }
 build = {
   type = "builtin",
@@ -39,9 +43,9 @@ build = {
         "csrc/dkim.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
-      incdirs = { "csrc", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(OPENSSL_LIBDIR)" },
-      libraries = { "ssl", "crypto" },
+      incdirs = { "csrc", "$(OPENSSL_INCDIR)", "$(LIBIDN2_INCDIR)" },
+      libdirs = { "$(OPENSSL_LIBDIR)", "$(LIBIDN2_LIBDIR)" },
+      libraries = { "ssl", "crypto", "idn2" },
     },
   },
   install = {

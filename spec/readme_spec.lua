@@ -83,3 +83,23 @@ describe("README examples", function()
     end)
   end
 end)
+
+describe("README text", function()
+  local f = assert(io.open("README.md"))
+  local text = f:read("*a")
+  f:close()
+
+  it("says RSET goes out only after a failed transaction", function()
+    assert.is_nil(text:find("RSET between them", 1, true))
+    assert.truthy(text:find("RSET only after a failed transaction", 1, true))
+  end)
+
+  it("has each row of the comparison table once", function()
+    local seen = {}
+    for row in text:gmatch("\n| ([^|\n]-) |") do
+      assert.is_nil(seen[row], "row '" .. row .. "' twice")
+      seen[row] = true
+    end
+    assert.is_true(seen["Inside OpenResty"])
+  end)
+end)

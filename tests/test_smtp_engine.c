@@ -17,7 +17,9 @@
 /* A message to send: envelope and body. */
 typedef struct msg {
     const char *from;
+    size_t from_len;   /* 0: strlen(from) */
     const char *rcpt[MAXRCPT];
+    size_t rcpt_len[MAXRCPT];   /* 0: strlen */
     const char *body;
     size_t body_len;   /* 0: strlen(body) */
     uint64_t size;
@@ -127,9 +129,9 @@ static void run(const tcase *c, long split, int bytewise, size_t wstep, result *
         size_t k;
         mlr_smtp_txn_init(&txn[i], mlr_default_alloc());
         txn[i].from = m->from;
-        txn[i].from_len = strlen(m->from);
+        txn[i].from_len = m->from_len ? m->from_len : strlen(m->from);
         for (k = 0; k < MAXRCPT && m->rcpt[k]; k++)
-            rlen[i][k] = strlen(m->rcpt[k]);
+            rlen[i][k] = m->rcpt_len[k] ? m->rcpt_len[k] : strlen(m->rcpt[k]);
         txn[i].rcpt = m->rcpt;
         txn[i].rcpt_len = rlen[i];
         txn[i].nrcpt = k;
@@ -423,6 +425,35 @@ static void happy_paths(void)
 
 static void starttls_and_auth(void)
 {
+    {
+        /* refused by mlr_smtp_new: nothing at all is written */
+        static const struct {
+            const char *name, *user, *pass, *tok;
+            size_t ul, pl, tl;
+        } bad[] = {
+            {"CR/LF in the username", "u\r\nMAIL FROM:<x@evil.test>", "p", NULL, 26, 1, 0},
+            {"LF in the username", "u\nx", "p", NULL, 3, 1, 0},
+            {"NUL in the username", "u\0x", "p", NULL, 3, 1, 0},
+            {"NUL in the password", "u", "p\0q", NULL, 1, 3, 0},
+            {"CR in a token", "u", NULL, "t\rQUIT", 1, 0, 6},
+        };
+        size_t k;
+        for (k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            char name[80];
+            tcase c = {
+                .opts = {.helo = "c", .security = MLR_SEC_TLS, .username = bad[k].user,
+                         .username_len = bad[k].ul, .password = bad[k].pass, .password_len = bad[k].pl,
+                         .token = bad[k].tok, .token_len = bad[k].tl},
+                .steps = {GREET, "S:250-mx\r\n250 AUTH PLAIN LOGIN XOAUTH2\r\n", "S:235 ok\r\n"},
+                .client = "",
+                .want_err = MLR_ERR_INPUT,
+            };
+            snprintf(name, sizeof name, "INJ-08 %s: refused before anything is sent", bad[k].name);
+            c.name = name;
+            check1(&c);
+        }
+    }
+
     {
         tcase c = {
             .name = "STARTTLS, caps forgotten, re-EHLO, AUTH PLAIN",
@@ -782,13 +813,96 @@ static void faults(void)
                      {.from = "\xff@b.com", .rcpt = {"b@example.com"}, .body = "x"}},
             .quit = 1,
             .client = C_EHLO "QUIT\r\n",
-            .want_txn_err = {MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_UNSUPPORTED},
+            /* an address that is not UTF-8 is bad input, with or without SMTPUTF8 */
+            .want_txn_err = {MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_INPUT},
         };
         memset(longlocal, 'l', 65);
         strcpy(longlocal + 65, "@example.com");
         memset(longaddr, 'd', 260);
         longaddr[0] = 'x';
         longaddr[1] = '@';
+        check1(&c);
+    }
+    {
+        /* the lengths are the caller's: a NUL cannot hide what follows it */
+        tcase c = {
+            .name = "INJ-06 NUL, CR or LF inside the given lengths: nothing but QUIT",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_PIPE, "S:221 bye\r\n"},
+            .msgs = {{.from = "ceo@bank.example\0@mycompany.example", .from_len = 35,
+                      .rcpt = {"b@example.com"}, .body = "x"},
+                     {.from = "a@example.com", .rcpt = {"b@example.com", "c@example.com\0\r\nRSET"},
+                      .rcpt_len = {0, 19}, .body = "x"},
+                     {.from = "a@example.com\r", .rcpt = {"b@example.com"}, .body = "x"},
+                     {.from = "a@example.com", .rcpt = {"b@exa\nmple.com"}, .body = "x"}},
+            .quit = 1,
+            .client = C_EHLO "QUIT\r\n",
+            .want_txn_err = {MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_INPUT},
+            .want_msg_sub = "invalid envelope sender",
+        };
+        check1(&c);
+    }
+    {
+        /* RFC-valid, but a server that ignores quotes reads parameters */
+        tcase c = {
+            .name = "INJ-07 quoted local parts that could hide ESMTP parameters",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_PIPE, "S:221 bye\r\n"},
+            .msgs = {{.from = "a@example.com",
+                      .rcpt = {"\"x> NOTIFY=SUCCESS ORCPT=rfc822;spy@evil.test\"@d.test"}, .body = "x"},
+                     {.from = "\"a b\"@example.com", .rcpt = {"b@example.com"}, .body = "x"},
+                     {.from = "a@example.com", .rcpt = {"\"a=b\"@example.com"}, .body = "x"},
+                     {.from = "\"@evil.test:a\"@example.com", .rcpt = {"b@example.com"}, .body = "x"}},
+            .quit = 1,
+            .client = C_EHLO "QUIT\r\n",
+            .want_txn_err = {MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_INPUT, MLR_ERR_INPUT},
+            .want_msg_sub = "quoted local part",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "IDN: A-labels in MAIL, RCPT and ORCPT without SMTPUTF8",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, "S:250-mx\r\n250-PIPELINING\r\n250 DSN\r\n",
+                      "S:250 ok\r\n250 ok\r\n354 go\r\n", "S:250 q\r\n"},
+            .msgs = {{.from = "a@m\xc3\xbcnchen.example", .rcpt = {"b@B\xc3\x9c" "cher.de"}, .body = "x",
+                      .notify = MLR_DSN_FAILURE}},
+            .client = C_EHLO "MAIL FROM:<a@xn--mnchen-3ya.example>\r\n"
+                             "RCPT TO:<b@xn--bcher-kva.de> NOTIFY=FAILURE ORCPT=rfc822;b@xn--bcher-kva.de\r\n"
+                             "DATA\r\nx\r\n.\r\n",
+            .want_txn_code = {250},
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "IDN: a non-ASCII local part without SMTPUTF8 is unsupported, named; a bad IDN is input",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_PIPE, "S:221 bye\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com", "j\xc3\xb6rg@b\xc3\xbc" "cher.de"},
+                      .body = "x"},
+                     {.from = "a@example.com", .rcpt = {"b@\xe2\x98\x83.net"}, .body = "x"}},
+            .quit = 1,
+            .client = C_EHLO "QUIT\r\n",
+            .want_txn_err = {MLR_ERR_UNSUPPORTED, MLR_ERR_INPUT},
+            .want_msg_sub = "j\xc3\xb6rg@b\xc3\xbc" "cher.de has a non-ASCII local part",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "IDN: with SMTPUTF8 a non-ASCII local part keeps its domain as given",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, "S:250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+                      "S:250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", "S:250 q\r\n"},
+            .msgs = {{.from = "a@b\xc3\xbc" "cher.de",
+                      .rcpt = {"j\xc3\xb6rg@b\xc3\xbc" "cher.de", "k@b\xc3\xbc" "cher.de"}, .body = "x"}},
+            .client = C_EHLO "MAIL FROM:<a@xn--bcher-kva.de> BODY=8BITMIME SMTPUTF8\r\n"
+                             "RCPT TO:<j\xc3\xb6rg@b\xc3\xbc" "cher.de>\r\n"
+                             "RCPT TO:<k@xn--bcher-kva.de>\r\nDATA\r\nx\r\n.\r\n",
+            .want_txn_code = {250},
+        };
         check1(&c);
     }
     {

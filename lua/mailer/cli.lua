@@ -9,6 +9,11 @@ local M = {}
 
 local EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 65, 69, 75
 
+-- Text from the server (replies in the trace, in errors and receipts) may
+-- hold ESC and other control characters: escaped before it reaches the
+-- terminal (\x1b, \r, \u009b...), so a server cannot drive it.
+local esc = mailer.core.escape
+
 local usage = [[
 usage: mailer send   [options]   send the message (to ./outbox/ without --server)
        mailer render [options]   print the message instead of sending it
@@ -188,7 +193,7 @@ local function progress_bar(stderr, clock)
 end
 
 local function fail(io_err, code, msg)
-  io_err:write("mailer: ", msg, "\n")
+  io_err:write("mailer: ", esc(msg), "\n")
   return code
 end
 
@@ -245,8 +250,8 @@ function M.main(argv, env)
   if o.security then server.security = o.security end
   if o.timeout then
     server.timeout = tonumber(o.timeout)
-    if not server.timeout or server.timeout <= 0 then
-      return fail(stderr, EX_USAGE, "--timeout needs a positive number of seconds")
+    if not server.timeout or not (server.timeout > 0 and server.timeout <= 86400) then
+      return fail(stderr, EX_USAGE, "--timeout needs a number of seconds over 0, at most 86400 (a day)")
     end
   end
   if o.cafile then server.tls = { cafile = o.cafile } end
@@ -267,7 +272,7 @@ function M.main(argv, env)
     end
   end
   if o.trace then
-    server.trace = function(dir, line) stderr:write(dir, ": ", line, "\n") end
+    server.trace = function(dir, line) stderr:write(dir, ": ", esc(line), "\n") end
   end
   local send_opts = {}
   local size = msg:size()
@@ -278,11 +283,11 @@ function M.main(argv, env)
   local receipt, e = mailer.send(msg, server, send_opts)
   if not receipt then return fail(stderr, exit_code(e), tostring(e)) end
   for _, r in ipairs(receipt.rejected or {}) do
-    stderr:write("mailer: rejected ", r.address, ": ", tostring(r.code or ""), " ",
-      tostring(r.enhanced or ""), " ", tostring(r.message or ""), "\n")
+    stderr:write("mailer: rejected ", esc(r.address), ": ", tostring(r.code or ""), " ",
+      esc(tostring(r.enhanced or "")), " ", esc(tostring(r.message or "")), "\n")
   end
-  stdout:write("sent to ", table.concat(receipt.accepted, ", "), ": ",
-    tostring(receipt.code or ""), " ", tostring(receipt.message or ""), "\n")
+  stdout:write("sent to ", esc(table.concat(receipt.accepted, ", ")), ": ",
+    tostring(receipt.code or ""), " ", esc(tostring(receipt.message or "")), "\n")
   return EX_OK
 end
 

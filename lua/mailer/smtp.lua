@@ -35,6 +35,11 @@ local function check_type(fname, opts, name, ...)
   bad_option(fname, name, table.concat({ ... }, " or "), v)
 end
 
+-- The longest timeout per step, in seconds: a day. Longer ones (math.huge
+-- for "never") are refused rather than clamped, so that what is asked for
+-- is what happens; deadlines stay far from any overflow.
+local MAX_TIMEOUT = 86400
+
 local securities = { tls = true, starttls = true, ["starttls-optional"] = true, none = true }
 local mechanisms = {
   plain = "PLAIN", login = "LOGIN", ["cram-md5"] = "CRAM-MD5", ["scram-sha-256"] = "SCRAM-SHA-256",
@@ -103,10 +108,18 @@ function M.connect(opts)
   end
   c.security = security
   local timeout = opts.timeout or 30
-  if timeout ~= timeout or timeout <= 0 then
-    return input_error("timeout", "expected a positive number of seconds")
+  if not (timeout > 0 and timeout <= MAX_TIMEOUT) then   -- NaN fails too
+    return input_error("timeout", "expected a number of seconds greater than 0 and at most 86400 (one day)")
   end
   c.timeout = timeout
+  -- credentials no mechanism can carry are refused before connecting, not
+  -- sent to come back as a failed AUTH
+  if opts.username and opts.username:find("%c") then
+    return input_error("username", "must not contain control characters (CR, LF, NUL...)")
+  end
+  if opts.password and opts.password:find("\0", 1, true) then
+    return input_error("password", "must not contain a NUL byte (PLAIN separates its fields with NUL)")
+  end
   if opts.helo and (opts.helo == "" or opts.helo:find("[%c ]")) then
     return input_error("helo", "must be a host name without spaces or control characters")
   end
@@ -147,6 +160,9 @@ function M.connect(opts)
         message = "token: the token function returned no token" .. (terr and (": " .. tostring(terr)) or "") }
     end
     token = t
+  end
+  if token and token:find("%c") then
+    return input_error("token", "must not contain control characters (CR, LF, NUL...)")
   end
   c.token = token
   if (c.password or c.token) and not c.username then
@@ -197,7 +213,11 @@ local function send_options(fname, opts)
       end
       if #to == 0 then return input_error("envelope.to", "no recipients") end
     end
-    c.envelope = { from = env.from, to = to }
+    -- the rules of message addresses (CR, LF, NUL, quoted local parts...),
+    -- international domains as A-labels
+    local e, eerr = require("mailer").envelope_addresses(env.from, to)
+    if not e then return nil, eerr end
+    c.envelope = e
   end
   if opts.dsn then
     local d = opts.dsn

@@ -1,5 +1,6 @@
 -- Test peers for the specs: a throwaway CA, a recording aiosmtpd server,
--- a scripted hostile server, a private Postfix and Postfix's smtp-sink.
+-- a scripted hostile server, a private Postfix, Postfix's smtp-sink and a
+-- private Dovecot submission service.
 -- Each server runs as its own process group on 127.0.0.1 and is stopped by
 -- :stop(), servers.stop_all(), when the Lua state closes, or (watchdog in
 -- the peer) when this process is gone. Plain Lua 5.1-5.4/LuaJIT; uses
@@ -21,6 +22,8 @@
 --                              p:wait_messages(n, timeout[, opts]), p:deliveries(), p:maillog(),
 --                              p:stop();  servers.have_postfix() -> true | false, why
 --   servers.smtp_sink{...}  -> k: k.host, k.port, k:stop()
+--   servers.dovecot{...}    -> d: d.host, d.port, d.cafile, d:log(), d:stop();
+--                              servers.have_dovecot() -> true | false, why
 --   servers.stop_all(), servers.free_port(), servers.tmpdir(), servers.mkdir(name)
 -- Every server also has :alive() and :stderr(); a server that fails to
 -- start raises an error that quotes its stderr.
@@ -695,6 +698,39 @@ end
 
 function Postfix:maillog()
   return readfile(self.dir .. "/maillog") or ""
+end
+
+---------------------------------------------------------------------------
+-- Dovecot
+---------------------------------------------------------------------------
+
+-- Can a private Dovecot run here? true, or false and the reason.
+function M.have_dovecot()
+  if not exists("/usr/sbin/dovecot") then return false, "dovecot is not installed (Debian: dovecot-core)" end
+  if not exists("/usr/lib/dovecot/submission") then
+    return false, "Dovecot's submission service is not installed (Debian: dovecot-submissiond)"
+  end
+  local uid = tonumber((sh_read("id -u"):match("%d+")))
+  if uid ~= 0 then return false, "a private Dovecot needs root" end
+  return true
+end
+
+-- servers.dovecot{ users = { name = password }, mechanisms = { "plain", "login", "scram-sha-256" },
+--                  relay_port = N }
+-- Dovecot's submission service on d.host:d.port: STARTTLS with the "good"
+-- certificate (d.cafile), AUTH only after it, accepted messages relayed to
+-- 127.0.0.1:relay_port (an aiosmtpd, say). d:log() is dovecot.log.
+function M.dovecot(opts)
+  opts = opts or {}
+  local ok, why = M.have_dovecot()
+  if not ok then error("servers.dovecot: " .. why, 2) end
+  local ca = M.ca()
+  local cfg = { users = opts.users, mechanisms = opts.mechanisms, relay_port = opts.relay_port,
+                certdir = ca.dir }
+  local self = spawn("dovecot", "dovecot.py", cfg, opts)
+  self.cafile = ca.cafile
+  self.log = function(s) return readfile(s.dir .. "/dovecot.log") or "" end
+  return self
 end
 
 ---------------------------------------------------------------------------
