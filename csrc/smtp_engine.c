@@ -71,6 +71,12 @@ struct mlr_smtp {
     int body_wait;        /* its source returned MLR_BODY_WAIT */
     mlr_dot dot;
     mlr_buf chunk;        /* BDAT: the chunk being filled */
+    mlr_buf wire;         /* BDAT: the chunk being written, straight from here
+                             (no copy into out): wire[wire_pos..) goes out right
+                             after out[..wire_at) */
+    size_t wire_pos, wire_at;
+    int wire_busy;
+    int bdat_eof;         /* BDAT: the body ended; LAST waits for the wire */
     size_t ccol;          /* BDAT: octets on the current line */
     int ccr;              /* BDAT: a CR is pending */
 
@@ -164,6 +170,9 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
         vsnprintf(e->status.message, sizeof e->status.message, fmt, ap);
     mlr_buf_reset(&e->out);
     mlr_buf_reset(&e->chunk);
+    mlr_buf_reset(&e->wire);
+    e->wire_busy = 0;
+    e->bdat_eof = 0;
     e->out_pos = 0;
     e->qlen = 0;
     e->body = NULL;
@@ -274,6 +283,7 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     mlr_buf_init(&e->addr, a);
     mlr_buf_init(&e->sasl_buf, a);
     mlr_buf_init(&e->chunk, a);
+    mlr_buf_init(&e->wire, a);
     mlr_reply_init(&e->rp, a);
     e->helo = mlr_strndup(a, helo, hl);
     e->host = mlr_strndup(a, o->host ? o->host : "", o->host ? strlen(o->host) : 0);
@@ -336,6 +346,7 @@ void mlr_smtp_free(mlr_smtp *e)
     mlr_buf_free(&e->addr);
     mlr_buf_free(&e->sasl_buf);
     mlr_buf_free(&e->chunk);
+    mlr_buf_free(&e->wire);
     mlr_reply_free(&e->rp);
     mlr_free(e->a, e, sizeof *e);
 }
@@ -562,6 +573,7 @@ static void start_bdat(mlr_smtp *e, mlr_smtp_txn *t)
     e->body = t;
     e->ccol = 0;
     e->ccr = 0;
+    e->bdat_eof = 0;
     mlr_buf_reset(&e->chunk);
     e->step_id++;
 }
@@ -1097,6 +1109,7 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
                 if (e->body == t)
                     e->body = NULL;
                 mlr_buf_reset(&e->chunk);
+                e->bdat_eof = 0;
                 t->phase = P_DOT;
                 e->need_rset = 1;
             }
@@ -1352,6 +1365,8 @@ static void compact_out(mlr_smtp *e)
     if (e->out_pos) {
         memmove(e->out.data, e->out.data + e->out_pos, e->out.len - e->out_pos);
         e->out.len -= e->out_pos;
+        if (e->wire_busy)
+            e->wire_at -= e->out_pos;
         e->out_pos = 0;
     }
 }
@@ -1407,18 +1422,48 @@ static int bdat_add(mlr_smtp *e, mlr_smtp_txn *t, const uint8_t *p, size_t n)
     return MLR_OK;
 }
 
-/* BDAT: put the chunk on the wire as "BDAT n[ LAST]" and its octets. */
+/* BDAT: put the chunk on the wire as "BDAT n[ LAST]" and its octets. The
+ * octets are written from the chunk's own buffer (it becomes the wire
+ * buffer, and the free one the next chunk), never copied; the wire must be
+ * free. */
 static int bdat_emit(mlr_smtp *e, mlr_smtp_txn *t, int last)
 {
     char cmd[48];
+    mlr_buf tmp;
     snprintf(cmd, sizeof cmd, "BDAT %zu%s", e->chunk.len, last ? " LAST" : "");
-    if (add_line(e, cmd, strlen(cmd), NULL) ||
-        mlr_buf_add(&e->out, e->chunk.data ? e->chunk.data : "", e->chunk.len) ||
-        expect(e, X_BDAT, t))
+    if (add_line(e, cmd, strlen(cmd), NULL) || expect(e, X_BDAT, t))
         return MLR_ERR_NOMEM;
+    tmp = e->wire;
+    e->wire = e->chunk;
+    e->chunk = tmp;
     mlr_buf_reset(&e->chunk);
+    e->wire_pos = 0;
+    e->wire_at = e->out.len;
+    e->wire_busy = e->wire.len > 0;
     t->bdat_sent++;
     return MLR_OK;
+}
+
+/* BDAT: the body ended: the last chunk goes out with LAST (once the wire
+ * is free). */
+static void bdat_last(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    if (e->wire_busy) {
+        e->bdat_eof = 1;
+        return;
+    }
+    e->bdat_eof = 0;
+    if (bdat_emit(e, t, 1)) {
+        nomem(e);
+        return;
+    }
+    t->bdat_last = 1;
+    t->phase = P_DOT;
+    t->body_done = 1;
+    e->body = NULL;
+    e->need_rset = 0;  /* LAST ends the transaction, whatever its reply */
+    e->step_id++;
+    pump(e);           /* with PIPELINING the next message's commands follow */
 }
 
 /* Refill the output with BDAT chunks. A chunk goes out once it is full and
@@ -1428,7 +1473,12 @@ static void fill_bdat(mlr_smtp *e)
     mlr_smtp_txn *t = e->body;
     int pipelined = (e->caps.flags & MLR_CAP_PIPELINING) != 0;
     compact_out(e);
-    while (e->body && e->out.len < BODY_BLOCK && !e->status.err) {
+    if (e->bdat_eof) {
+        bdat_last(e, t);
+        return;
+    }
+    /* a full chunk waits for the wire before more input is read */
+    while (e->body && !(e->chunk.len >= e->chunk_size && e->wire_busy) && !e->status.err) {
         const uint8_t *p = NULL;
         size_t n = 0;
         int rc = t->read(t->read_ud, &p, &n), paused = 0;
@@ -1448,17 +1498,7 @@ static void fill_bdat(mlr_smtp *e)
             }
             e->ccr = 0;
             e->ccol = 0;
-            if (bdat_emit(e, t, 1)) {
-                nomem(e);
-                return;
-            }
-            t->bdat_last = 1;
-            t->phase = P_DOT;
-            t->body_done = 1;
-            e->body = NULL;
-            e->need_rset = 0;  /* LAST ends the transaction, whatever its reply */
-            e->step_id++;
-            pump(e);           /* with PIPELINING the next message's commands follow */
+            bdat_last(e, t);
             return;
         }
         if (e->chunk.len >= e->chunk_size) {
@@ -1550,6 +1590,14 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
     }
     if (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
         fill_body(e);
+    if (e->wire_busy) {   /* out up to the chunk, then the chunk itself */
+        if (e->out_pos < e->wire_at) {
+            *p = (const uint8_t *)e->out.data + e->out_pos;
+            return e->wire_at - e->out_pos;
+        }
+        *p = (const uint8_t *)e->wire.data + e->wire_pos;
+        return e->wire.len - e->wire_pos;
+    }
     /* no arithmetic on a NULL buffer: nothing was ever queued */
     *p = e->out.data ? (const uint8_t *)e->out.data + e->out_pos : NULL;
     return e->out.len - e->out_pos;
@@ -1557,12 +1605,24 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
 
 void mlr_smtp_consume(mlr_smtp *e, size_t n)
 {
-    if (n > e->out.len - e->out_pos)
-        n = e->out.len - e->out_pos;
+    if (e->wire_busy && e->out_pos >= e->wire_at) {
+        if (n > e->wire.len - e->wire_pos)
+            n = e->wire.len - e->wire_pos;
+        e->wire_pos += n;
+        if (e->wire_pos == e->wire.len) {
+            e->wire_busy = 0;
+            mlr_buf_reset(&e->wire);
+            e->wire_pos = 0;
+        }
+        return;
+    }
+    if (n > (e->wire_busy ? e->wire_at : e->out.len) - e->out_pos)
+        n = (e->wire_busy ? e->wire_at : e->out.len) - e->out_pos;
     e->out_pos += n;
     if (e->out_pos == e->out.len) {
         e->out_pos = 0;
         e->out.len = 0;
+        e->wire_at = 0;
     }
 }
 
@@ -1571,7 +1631,7 @@ int mlr_smtp_want(mlr_smtp *e)
     int w = 0;
     if (e->status.err)
         return e->status.err;
-    if (e->out.len > e->out_pos || (e->body && !e->body_wait))
+    if (e->out.len > e->out_pos || e->wire_busy || (e->body && !e->body_wait))
         w |= MLR_WANT_WRITE;
     if (e->body && e->body_wait)
         w |= MLR_WANT_BODY;
