@@ -548,10 +548,14 @@ static int e_pending(lua_State *L)
     return 1;
 }
 
-/* e:write_to(sock) -> true | nil, err, kind: write the pending bytes to a
- * C socket (mailer.Socket) straight from the engine's buffer, with the
- * socket's send timeout; a few blocks per call, so that the driver runs
- * progress and deadlines in between. Errors as sock:send gives them. */
+/* e:write_to(sock) -> true [, "readable"] | nil, err, kind: write the
+ * pending bytes to a C socket (mailer.Socket) straight from the engine's
+ * buffer, with the socket's send timeout; a few blocks per call, so that
+ * the driver runs progress and deadlines in between. It stops early, with
+ * "readable", when the server has sent something meanwhile (replies to
+ * pipelined chunks, or an early refusal in the middle of DATA), so the
+ * driver reads it before writing on: a server blocked on writing its
+ * replies never deadlocks against us. Errors as sock:send gives them. */
 static int e_write_to(lua_State *L)
 {
     leng *le = check_engine(L);
@@ -583,6 +587,11 @@ static int e_write_to(lua_State *L)
         mlr_smtp_consume(le->e, n);
         if (!(mlr_smtp_want(le->e) & MLR_WANT_WRITE))
             break;
+        if (mlr_sock_readable(sk)) {   /* replies (or a refusal): read them first */
+            lua_pushboolean(L, 1);
+            lua_pushliteral(L, "readable");
+            return 2;
+        }
     }
     lua_pushboolean(L, 1);
     return 1;

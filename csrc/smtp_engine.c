@@ -1161,6 +1161,8 @@ static void on_reply(mlr_smtp *e, const mlr_reply *r)
     if (e->qlen == 0) {
         if (r->code == 421)
             fatal(e, MLR_ERR_SMTP, 1, r, 0, "%.480s", r->text);
+        else if (e->body && (cls == 4 || cls == 5))   /* refused in the middle of DATA */
+            fatal(e, MLR_ERR_SMTP, cls == 4, r, 0, "%.480s", r->text);
         else
             fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply from the server", r->code);
         return;

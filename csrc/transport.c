@@ -615,6 +615,19 @@ int mlr_sock_is_open(const mlr_sock *s) { return s && s->w.fd >= 0; }
 
 int mlr_sock_fd(const mlr_sock *s) { return s ? s->w.fd : -1; }
 
+int mlr_sock_readable(const mlr_sock *s)
+{
+    struct pollfd pfd;
+    if (!s || s->w.fd < 0)
+        return 0;
+    if (s->w.ssl && SSL_pending(s->w.ssl) > 0)
+        return 1;
+    pfd.fd = s->w.fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+}
+
 void mlr_sock_set_timeouts(mlr_sock *s, int connect_ms, int send_ms, int read_ms)
 {
     if (connect_ms >= 0)

@@ -59,6 +59,9 @@ void mlr_sock_free(mlr_sock *s);
 int mlr_sock_is_open(const mlr_sock *s);
 /* The descriptor, or -1 when closed. */
 int mlr_sock_fd(const mlr_sock *s);
+/* Has the peer sent something (or closed) that a read would return now?
+ * Never blocks. */
+int mlr_sock_readable(const mlr_sock *s);
 
 /* Stored timeouts in ms for connect (and handshake), send and read; a
  * negative value leaves that one unchanged. */

@@ -369,12 +369,18 @@ local function drive(self, stop)
     elseif w then
       set_left(self, left)
       local ok, err, kind = write_pending(self)
+      if ok and err == "readable" then
+        -- the server spoke while it should be reading the body: hear it
+        local got = sock:receiveany(65536)
+        if got then e:feed(got) end
+      end
       if not ok then
         if err == "timeout" then
           return fail(self, "timeout", ("timeout %s (%s s)"):format(e:step_name(), tostring(self.timeout)), true)
         end
-        -- the server may have said why before it closed: read its last words
-        if r then
+        -- the server may have said why before it closed (an early 5xx in
+        -- the middle of DATA): read its last words
+        do
           set_left(self, 1)
           local got = sock:receiveany(65536)
           if got then e:feed(got) end
