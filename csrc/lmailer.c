@@ -691,6 +691,13 @@ static int l_msg_check(lua_State *L)
     return 0;
 }
 
+/* core.is_message(v) -> true when v is a mailer.Message (open or closed) */
+static int l_is_message(lua_State *L)
+{
+    lua_pushboolean(L, luaL_testudata(L, 1, MESSAGE_MT) != NULL);
+    return 1;
+}
+
 /* core.monotime() -> seconds on a monotonic clock (for deadlines) */
 static int l_monotime(lua_State *L)
 {
@@ -1015,6 +1022,7 @@ static const luaL_Reg core_funcs[] = {
     {"msg_raw", l_msg_raw},
     {"render", l_render},
     {"msg_check", l_msg_check},
+    {"is_message", l_is_message},
     {"monotime", l_monotime},
     {"msg_dkim", l_msg_dkim},
     {"dkim_signer", l_dkim_signer},

@@ -445,7 +445,8 @@ static int push_outcome(lua_State *L, slot *s)
 /* core.smtp_engine(opts) -> engine | nil, err. opts were checked by
  * mailer.smtp: host, port, security, helo, username, password, token,
  * auth (a list of mechanism names), allow_plaintext_auth, chunking,
- * tls.servername, trace (true: queue trace lines for e:traces()). */
+ * tls.servername, trace (true: queue trace lines for e:traces()),
+ * out_block (octets of body output per refill; 0: the engine's default). */
 static int l_engine(lua_State *L)
 {
     static const char *const secs[] = {"starttls", "starttls-optional", "tls", "none", NULL};
@@ -481,6 +482,7 @@ static int l_engine(lua_State *L)
     eo.token = opt_str(L, 1, "token", &eo.token_len);
     eo.allow_plaintext_auth = opt_bool(L, 1, "allow_plaintext_auth", 0);
     eo.no_chunking = !opt_bool(L, 1, "chunking", 1);
+    eo.out_block = (size_t)opt_num(L, 1, "out_block", 0);
     lua_getfield(L, 1, "auth");
     if (lua_istable(L, -1)) {
         size_t i, n = lua_rawlen(L, -1);
@@ -567,7 +569,7 @@ static int e_write_to(lua_State *L)
         lua_pushliteral(L, "network");
         return 3;
     }
-    for (rounds = 0; rounds < 4; rounds++) {
+    for (rounds = 0; rounds < 8; rounds++) {
         const uint8_t *p;
         char err[256];
         size_t n = mlr_smtp_pending(le->e, &p);
@@ -587,13 +589,12 @@ static int e_write_to(lua_State *L)
         mlr_smtp_consume(le->e, n);
         if (!(mlr_smtp_want(le->e) & MLR_WANT_WRITE))
             break;
-        if (mlr_sock_readable(sk)) {   /* replies (or a refusal): read them first */
-            lua_pushboolean(L, 1);
-            lua_pushliteral(L, "readable");
-            return 2;
-        }
     }
     lua_pushboolean(L, 1);
+    if (mlr_sock_readable(sk)) {   /* replies (or a refusal): read them first */
+        lua_pushliteral(L, "readable");
+        return 2;
+    }
     return 1;
 }
 

@@ -14,7 +14,7 @@
 #include "codec_dotstuff.h"
 #include "mime_addr.h"
 
-#define BODY_BLOCK (32 * 1024)   /* refill the output up to this many octets (bounded memory) */
+#define BODY_BLOCK (64 * 1024)   /* default: refill the output up to this many octets */
 #define MAX_CMD_LINE 512         /* RFC 5321 4.5.3.1.4, CRLF included */
 #define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
 #define QCAP 32                  /* expected-reply ring */
@@ -47,6 +47,7 @@ struct mlr_smtp {
     size_t max_line;
     int no_chunking;
     size_t chunk_size;
+    size_t out_block;     /* refill the body output up to this many octets */
     mlr_smtp_trace_fn trace;
     void *trace_ud;
 
@@ -312,6 +313,7 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     e->max_line = o->max_line == 0 ? 998 : o->max_line == SIZE_MAX ? 0 : o->max_line;
     e->no_chunking = o->no_chunking;
     e->chunk_size = o->chunk_size ? o->chunk_size : BDAT_CHUNK;
+    e->out_block = o->out_block ? o->out_block : BODY_BLOCK;
     e->trace = o->trace;
     e->trace_ud = o->trace_ud;
     e->tls_active = o->security == MLR_SEC_TLS;
@@ -1539,7 +1541,7 @@ static void fill_body(mlr_smtp *e)
         return;
     }
     compact_out(e);
-    while (e->body && e->out.len < BODY_BLOCK && !e->status.err) {
+    while (e->body && e->out.len < e->out_block && !e->status.err) {
         const uint8_t *p = NULL;
         size_t n = 0, w = 0;
         int rc = t->read(t->read_ud, &p, &n);
@@ -1590,7 +1592,7 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
         *p = NULL;
         return 0;
     }
-    if (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < BODY_BLOCK)
+    if (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < e->out_block)
         fill_body(e);
     if (e->wire_busy) {   /* out up to the chunk, then the chunk itself */
         if (e->out_pos < e->wire_at) {

@@ -88,6 +88,8 @@ typedef struct mlr_smtp_opts {
     size_t max_line;            /* longest DATA line; 0 = 998, SIZE_MAX = none */
     int no_chunking;            /* never BDAT, even when CHUNKING is offered */
     size_t chunk_size;          /* BDAT chunk size; 0 = 32 KiB */
+    size_t out_block;           /* body output refilled up to this; 0 = 64 KiB (a driver
+                                   that copies it into strings may want less) */
     mlr_smtp_trace_fn trace;
     void *trace_ud;
 } mlr_smtp_opts;

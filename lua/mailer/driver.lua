@@ -463,9 +463,8 @@ end
 -- Queue msg: a record, or nil, err (input problems leave the connection
 -- unharmed; a broken connection says so).
 local function queue(self, msg, opts)
-  local b, berr = broken(self)
-  if b == nil then return nil, berr end
-  local slot, err = self.e:queue(msg, opts)
+  if not self.sock then return broken(self) end
+  local slot, err = self.e:queue(msg, opts)   -- (fails as the engine failed, if it did)
   if not slot then
     if self.e:want() == nil then
       local _, e2 = broken(self)
@@ -782,6 +781,9 @@ function M.connect(c, kind, sock)
     password = c.password, token = c.token, auth = c.auth, chunking = c.chunking,
     allow_plaintext_auth = c.allow_plaintext_auth, tls = { servername = tls.servername },
     trace = c.trace ~= nil,
+    -- a cosocket gets the body as Lua strings: smaller pieces bound the
+    -- memory of many sends in flight; the C socket writes in place
+    out_block = kind ~= "c" and 32768 or nil,
   }
   if not e then
     finish(self)

@@ -55,7 +55,7 @@ local connect_fields = {
 
 -- Is v a mailer.Message?
 local function is_message(v)
-  return type(v) == "userdata" and tostring(v):match("^mailer%.Message") ~= nil
+  return core.is_message(v)
 end
 
 -- mailer.connect(opts) -> conn | nil, err
