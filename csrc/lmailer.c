@@ -212,9 +212,11 @@ static int l_error(lua_State *L)
     size_t i, n;
     luaL_checktype(L, 1, LUA_TTABLE);
     for (i = 0; i < 2; i++) {   /* one line, whatever the Lua side put in */
-        const char *s;
+        const char *s = NULL;
         lua_getfield(L, 1, keys[i]);
-        if (lua_type(L, -1) == LUA_TSTRING && needs_escape(s = lua_tolstring(L, -1, &n), n)) {
+        if (lua_type(L, -1) == LUA_TSTRING)   /* (n is set before needs_escape reads it) */
+            s = lua_tolstring(L, -1, &n);
+        if (s && needs_escape(s, n)) {
             push_escaped(L, s, n);
             lua_setfield(L, 1, keys[i]);
         }

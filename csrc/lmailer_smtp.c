@@ -760,8 +760,9 @@ static slot *check_slot(lua_State *L, leng *le, int idx)
     return &le->s[i - 1];
 }
 
-/* e:result(slot) -> false, sent, total (not done) | receipt | nil, err;
- * frees the slot once done. sent counts octets of the body read so far. */
+/* e:result(slot) -> false, sent, total (not done) | receipt, nil, sent,
+ * total | nil, err, sent, total; frees the slot once done. sent counts
+ * octets of the body read so far (total is nil when unknown). */
 static int e_result(lua_State *L)
 {
     leng *le = check_engine(L);
@@ -777,9 +778,16 @@ static int e_result(lua_State *L)
         return 3;
     }
     n = push_outcome(L, s);
+    if (n == 1)
+        lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)s->txn.body_sent);
+    if (s->total)
+        lua_pushinteger(L, (lua_Integer)s->total);
+    else
+        lua_pushnil(L);
     slot_free(le, s);
     slot_forget(L, (int)(s - le->s));
-    return n;
+    return 4;
 }
 
 /* e:sent(slot) -> true once the message's last octet (final dot or BDAT

@@ -39,7 +39,7 @@ describe("raw messages", function()
   end)
 
   it("asks for BODY=8BITMIME when the file has 8-bit octets", function()
-    local path = tmpfile("eight.eml", "From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
+    local path = tmpfile("eight.eml", "From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nGr\195\188\195\159e\r\n")
     local raw = assert(mailer.raw_message(path, { from = "a@example.com", to = "b@example.com" }))
     local c = assert(mailer.connect { host = s.host, port = s.port, security = "none" })
     local before = #s:messages()

@@ -139,17 +139,23 @@ for _, tr in ipairs(transports.list()) do
         if sent == total then error("once") end
       end })
       assert.matches("once", tostring(results.callback_error))
-      -- one entry per message: the first was wholly sent (its receipt says
-      -- so); the one behind it was given up before its body, then the rest
-      -- find the connection closed
-      assert.are.equal(3, #results)
+      -- the first was wholly sent: its receipt says so, with the error
       assert.are.equal(250, results[1].code)
       assert.matches("once", tostring(results[1].callback_error))
-      assert.are.equal("input", results[2].error.kind)
-      assert.matches("once", tostring(results[2].error.callback_error))
-      assert.are.equal("network", results[3].error.kind)
-      assert.are.equal(before + 1, settle(before + 1))
-      assert.are.equal(before + 1, #s:wait_messages(before + 2, 1))
+      -- the one behind it was in flight: delivered if its body had gone
+      -- out already, else given up; either way it carries the error
+      local delivered = 1
+      if results[2].code then
+        delivered = 2
+        assert.matches("once", tostring(results[2].callback_error))
+      else
+        assert.are.equal("input", results[2].error.kind)
+        assert.matches("once", tostring(results[2].error.callback_error))
+      end
+      -- then send_many stopped: the third was never taken
+      assert.is_nil(results[3])
+      assert.are.equal(before + delivered, settle(before + delivered))
+      assert.are.equal(before + delivered, #s:wait_messages(before + delivered + 1, 1))
       c:close()
     end)
 

@@ -233,11 +233,14 @@ end
 -- receipt, or nil with rec.err).
 local function poll(self, rec)
   if rec.done then return true end
-  local r, a, b = self.e:result(rec.slot)
+  local r, a, b, c = self.e:result(rec.slot)
   if r == false then
     report(self, rec, a, b)
     return false
   end
+  -- delivered: progress reaches its end first (sent and total come after
+  -- the receipt)
+  if r then report(self, rec, b, c) end
   rec.done, rec.res, rec.err = true, r, a
   return true
 end
@@ -251,7 +254,8 @@ local function after_callback(self)
   local cb_new = self.cb_new
   self.cb_new = false
   for _, rec in ipairs(self.inflight or {}) do
-    if cb_new and not rec.done then rec.cb_err = self.cb_err end
+    -- in flight when it was raised (or just finished: its last progress)
+    if cb_new and rec.cb_err == nil then rec.cb_err = self.cb_err end
     if not rec.done and not self.e:sent(rec.slot) then
       local why = self.cb_failed and ("a callback raised an error: " .. tostring(self.cb_err))
         or "the connection was closed by one of its callbacks"
@@ -513,10 +517,10 @@ end
 -- false plus an error object, or nil at the end. Two messages are in
 -- flight, so the next one's commands go out behind the previous final dot.
 -- Never raises for a callback: results.callback_error holds the first
--- error; the messages in flight when it was raised carry it too (a receipt
--- with callback_error when the server had the whole message, else {error
--- = err}); trace and progress are not called again in this send_many. An
--- error raised by the producer ends the production.
+-- error, and the messages in flight when it was raised carry it too (a
+-- receipt with callback_error when the server had the whole message, else
+-- {error = err}); then send_many stops: no further message is taken, so
+-- their entries stay nil. An error raised by the producer stops it too.
 function methods:_send_many(produce, opts)
   check_open(self, "send_many")
   local results, count, exhausted, order = {}, 0, false, {}
@@ -525,7 +529,7 @@ function methods:_send_many(produce, opts)
   self.inflight = order
   self.busy = true
   while true do
-    while not exhausted and #order < 2 and not self.close_requested do
+    while not exhausted and #order < 2 and not self.close_requested and not self.cb_failed do
       local okp, m, merr = pcall(produce)
       if not okp then
         exhausted, producer_err = true, m
