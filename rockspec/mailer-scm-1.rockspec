@@ -36,7 +36,7 @@ build = {
         "csrc/codec_base64.c", "csrc/codec_qp.c", "csrc/codec_dotstuff.c",
         "csrc/mime_header.c", "csrc/mime_addr.c", "csrc/mime_message.c",
         "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c", "csrc/transport.c",
-        "csrc/dkim.c",
+        "csrc/dkim.c", "csrc/lmailer_queue.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
       incdirs = { "csrc", "$(OPENSSL_INCDIR)" },
