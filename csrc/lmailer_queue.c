@@ -235,7 +235,8 @@ static int qscan_gc(lua_State *L)
     return 0;
 }
 
-/* core.q_scan(path) -> { {name=, dir=bool, mtime=}, ... } | nil, message:
+/* core.q_scan(path) -> { {name=, dir=bool, mtime=}, ... } | nil, message,
+ * missing (true when path does not exist):
  * every name in the directory but . and .. (unsorted); symbolic links are
  * not followed (dir=false). A name that vanished while listed is left
  * out. The DIR handle lives in a userdata, so an error raised while the
@@ -250,8 +251,12 @@ static int l_q_scan(lua_State *L)
     luaL_getmetatable(L, QSCAN_MT);
     lua_setmetatable(L, -2);
     s->d = opendir(path);
-    if (!s->d)
-        return fail_errno(L, "cannot read directory", path, errno);
+    if (!s->d) {
+        int e = errno;
+        fail_errno(L, "cannot read directory", path, e);
+        lua_pushboolean(L, e == ENOENT);
+        return 3;
+    }
     lua_newtable(L);
     for (;;) {
         struct stat st;
