@@ -30,6 +30,8 @@ build = {
     ["mailer.cli"] = "lua/mailer/cli.lua",
     ["mailer.resty"] = "lua/mailer/resty.lua",
     ["mailer.driver"] = "lua/mailer/driver.lua",
+    ["mailer.queue"] = "lua/mailer/queue.lua",
+    ["mailer.json"] = "lua/mailer/json.lua",
     ["mailer.core"] = {
       sources = {
         "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/lsocket.c", "csrc/mlr_common.c",
