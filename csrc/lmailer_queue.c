@@ -7,6 +7,7 @@
  *                           held by a userdata until unlock / __close / __gc,
  *                           and by the kernel until the process dies
  *   core.q_scan(path)       the names in a directory, with type and mtime
+ *   core.q_exists(path)     whether anything is there (readable or not)
  *   core.q_now()            the wall clock with sub-second precision
  *
  * Failures return nil and a one-line message (the queue turns them into
@@ -287,6 +288,16 @@ static int l_q_scan(lua_State *L)
     return 1;
 }
 
+/* core.q_exists(path) -> false when nothing is at path (ENOENT, ENOTDIR),
+ * else true (also when it cannot be read: it is there all the same) */
+static int l_q_exists(lua_State *L)
+{
+    struct stat st;
+    const char *path = check_path(L, 1);
+    lua_pushboolean(L, lstat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR));
+    return 1;
+}
+
 /* core.q_now() -> seconds since the epoch, with a fraction */
 static int l_q_now(lua_State *L)
 {
@@ -301,7 +312,8 @@ static const luaL_Reg qfile_methods[] = {
 
 static const luaL_Reg queue_funcs[] = {
     {"q_file", l_q_file}, {"q_fsync_dir", l_q_fsync_dir}, {"q_lock", l_q_lock},
-    {"q_scan", l_q_scan}, {"q_now", l_q_now},           {NULL, NULL}};
+    {"q_scan", l_q_scan}, {"q_exists", l_q_exists},     {"q_now", l_q_now},
+    {NULL, NULL}};
 
 /* Register one metatable with __gc and __close set to fn, and methods. */
 static void new_type(lua_State *L, const char *name, lua_CFunction fn, const luaL_Reg *methods)

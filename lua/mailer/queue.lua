@@ -431,12 +431,7 @@ local function scan(self)
   return out
 end
 
--- Does path exist (as anything readable)?
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = core.q_exists
 
 -- Read entry e (from scan): meta | nil, err.
 local function load(self, e)
@@ -564,30 +559,46 @@ end
 local function apply(self, m, receipt, err, now, policy)
   m.attempts = m.attempts + 1
   m.outcome_unknown = nil
-  local rejected = receipt and receipt.rejected or (err and err.rejected) or {}
+  local rejected = (receipt and receipt.rejected) or (err and err.rejected) or {}
   local accepted = receipt and receipt.accepted or {}
-  local left, temp_first = json.array(), nil
   m.delivered = m.delivered or json.array()
   m.refused = m.refused or json.array()
-  if receipt or err.rejected then
-    -- per recipient: accepted ones are done, 5xx ones are dropped, 4xx
-    -- ones stay for the next attempt
+  -- per recipient: the accepted ones are done, the ones refused with a 5xx
+  -- are dropped, the ones refused with a 4xx stay for the next attempt;
+  -- when the message itself failed, every recipient not refused stays
+  local by_address, temp_first = {}, nil
+  for _, r in ipairs(rejected) do
+    by_address[r.address] = r
+    -- 530 "authentication required" is the runner's set-up, never the
+    -- recipient's: try again (with credentials)
+    if r.code == 530 then r.temporary = true end
+  end
+  local left, all_refused = json.array(), #rejected > 0
+  if receipt then
     for _, a in ipairs(accepted) do m.delivered[#m.delivered + 1] = a end
     for _, r in ipairs(rejected) do
-      if r.temporary then
-        left[#left + 1] = r.address
-        temp_first = temp_first or r
-      else
-        local s = stored_error(r)
-        s.address = r.address
-        m.refused[#m.refused + 1] = s
-      end
+      if r.temporary then left[#left + 1] = r.address end
     end
-    m.to = left
+  else
+    for _, a in ipairs(m.to) do
+      local r = by_address[a]
+      if not r then all_refused = false end
+      if not r or r.temporary then left[#left + 1] = a end
+    end
   end
+  for _, r in ipairs(rejected) do
+    if r.temporary then
+      temp_first = temp_first or r
+    else
+      local s = stored_error(r)
+      s.address = r.address
+      m.refused[#m.refused + 1] = s
+    end
+  end
+  m.to = left
   local hist = { time = now, accepted = #accepted }
   local state, last
-  if receipt or err.rejected then
+  if receipt or all_refused then
     if #m.to > 0 then
       state, last = "deferred", temp_first
     elseif #m.refused > 0 then
@@ -598,8 +609,9 @@ local function apply(self, m, receipt, err, now, policy)
     if receipt then hist.code, hist.message = receipt.code, receipt.message end
   else
     last = err
-    if err.kind == "smtp" and not err.temporary then
-      state = "failed"           -- 5xx to MAIL, DATA or the final dot
+    if err.kind == "smtp" and not err.temporary and err.code ~= 530 then
+      state = "failed"           -- 5xx to MAIL, DATA or the final dot (530,
+                                 -- "authentication required", is the runner's)
     elseif err.kind == "input" or err.kind == "unsupported" then
       state = "failed"           -- the message cannot go as it is
     else
