@@ -361,6 +361,7 @@ queue_main = function(o, env)
     for _, e in ipairs(st.errors or {}) do stderr:write("mailer: ", tostring(e), "\n") end
     if st.failed > 0 then return EX_UNAVAILABLE end
     if st.corrupt > 0 then return EX_DATAERR end
+    if st.errors then return EX_TEMPFAIL end
     return EX_OK
   end
   local code = EX_OK

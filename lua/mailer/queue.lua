@@ -118,6 +118,30 @@ end
 
 local STATES = { queued = true, deferred = true, failed = true }
 
+-- The fields of a server table that are stored with an entry, and their
+-- types (never username, password or token; auth is a mechanism name).
+local STORED = { host = "string", port = "number", security = "string", helo = "string",
+                 timeout = "number", allow_plaintext_auth = "boolean", chunking = "boolean",
+                 auth = "string" }
+local TLS_STORED = { verify = "boolean", cafile = "string", capath = "string",
+                     servername = "string", certfile = "string", keyfile = "string" }
+
+-- Is s a stored server table (as storable_server makes them)?
+local function valid_server(s)
+  if type(s) ~= "table" or type(s.host) ~= "string" then return false end
+  for k, v in pairs(s) do
+    if k == "tls" then
+      if type(v) ~= "table" then return false end
+      for tk, tv in pairs(v) do
+        if TLS_STORED[tk] ~= type(tv) then return false end
+      end
+    elseif STORED[k] ~= type(v) then
+      return false
+    end
+  end
+  return true
+end
+
 local function is_string_list(t)
   if type(t) ~= "table" then return false end
   for i = 1, #t do
@@ -151,9 +175,7 @@ local function check_meta(m, id)
   if type(m.created) ~= "number" then return nil, "created: not a time" end
   if type(m.age_from) ~= "number" then return nil, "age_from: not a time" end
   if m.state ~= "failed" and type(m.next_attempt) ~= "number" then return nil, "next_attempt: not a time" end
-  if m.server ~= nil and (type(m.server) ~= "table" or type(m.server.host) ~= "string") then
-    return nil, "server: not a server table"
-  end
+  if m.server ~= nil and not valid_server(m.server) then return nil, "server: not a server table" end
   if m.last_error ~= nil and type(m.last_error) ~= "table" then return nil, "last_error: not an object" end
   if m.history ~= nil and type(m.history) ~= "table" then return nil, "history: not a list" end
   return true
@@ -199,11 +221,8 @@ end
 -- servers: what is stored (never credentials) and how a run connects
 ---------------------------------------------------------------------------
 
-local STORED = { host = "string", port = "number", security = "string", helo = "string",
-                 timeout = "number", allow_plaintext_auth = "boolean", chunking = "boolean" }
-local TLS_STORED = { verify = "boolean", cafile = "string", capath = "string",
-                     servername = "string", certfile = "string", keyfile = "string" }
--- what a run's server table adds to a stored one naming the same host and port
+-- what a run's server table adds to a stored one naming the same host and
+-- port (auth too, as a list of mechanisms cannot be stored)
 local RUNTIME = { "username", "password", "token", "auth", "trace", "socket" }
 
 -- The part of a server table that may be written to disk.
@@ -220,7 +239,6 @@ local function storable_server(s)
     end
     out.tls = tls
   end
-  if type(s.auth) == "string" then out.auth = s.auth end
   return out
 end
 
@@ -414,21 +432,22 @@ function Queue:add(msg, opts)
   return id
 end
 
--- The names in the queue directory that are entries (or pose as one):
--- everything not hidden. nil, err when the directory cannot be read; a
--- directory that does not exist is an empty queue.
+-- The names in the queue directory that are entries (or pose as one:
+-- everything not hidden), sorted, and the whole listing (for the clean-up
+-- of run). nil, err when the directory cannot be read; a directory that
+-- does not exist is an empty queue.
 local function scan(self)
-  local list, err, missing = core.q_scan(self.dir)
-  if not list then
-    if missing then return {} end   -- a queue nothing was ever added to
+  local all, err, missing = core.q_scan(self.dir)
+  if not all then
+    if missing then return {}, {} end   -- a queue nothing was ever added to
     return input_error("dir", err)
   end
   local out = {}
-  for _, e in ipairs(list) do
+  for _, e in ipairs(all) do
     if e.name:sub(1, 1) ~= "." then out[#out + 1] = e end
   end
   sort(out, function(a, b) return a.name < b.name end)
-  return out
+  return out, all
 end
 
 local exists = core.q_exists
@@ -668,13 +687,81 @@ local function server_key(m)
   return m.server and json.encode(m.server) or ""
 end
 
+-- Send one claimed entry over the group's connection (made on first use;
+-- g.conn_err once it could not be made): receipt | nil, err.
+local function send_entry(g, path, m)
+  local msg, err = mailer().raw_message(path .. "/message.eml", { from = m.from, to = m.to })
+  if not msg then return nil, err end
+  if not g.conn and not g.conn_err then
+    local ok, conn, cerr = pcall(mailer().connect, g.copts)
+    if not ok then return false, conn end   -- misuse in the run's server table: raised
+    g.conn, g.conn_err = conn, cerr
+  end
+  if g.conn_err then return nil, g.conn_err end
+  local ok, receipt, serr = pcall(g.conn.send, g.conn, msg)
+  if not ok then
+    receipt, serr = nil, core.is_error(receipt) and receipt or
+      core.error { kind = "protocol", message = tostring(receipt), temporary = true }
+  end
+  if serr and (serr.kind ~= "smtp" or serr.code == 421) then
+    -- the connection is gone or unusable: a new one for the next entry
+    pcall(g.conn.close, g.conn)
+    g.conn = nil
+  end
+  return receipt, serr
+end
+
+-- Claim entry id, send it if it is still due, record the outcome.
+local function deliver(self, g, id, policy, stats)
+  local path = self.dir .. "/" .. id
+  local lock, _, why = core.q_lock(path)
+  if not lock then
+    if why == "busy" then stats.busy = stats.busy + 1 end
+    return   -- "gone": another runner delivered or removed it meanwhile
+  end
+  local m = read_entry(path, id)
+  if not m then
+    lock:unlock()
+    stats.corrupt = stats.corrupt + 1
+    return
+  end
+  if not due(m, self.clock()) then   -- another runner got to it first
+    lock:unlock()
+    return
+  end
+  local receipt, err = send_entry(g, path, m)
+  if receipt == false then
+    lock:unlock()
+    error(err, 0)
+  end
+  local state = apply(self, m, receipt, err, self.clock(), policy)
+  local ok, werr
+  if state == "sent" then
+    ok, werr = discard(self, id)
+  else
+    ok, werr = replace_file(path, "meta.json", json.encode(m))
+  end
+  lock:unlock()
+  if ok then
+    stats[state] = stats[state] + 1
+  else
+    -- the outcome could not be recorded: the entry stays as it was and is
+    -- sent again (at least once)
+    stats.errors = stats.errors or {}
+    stats.errors[#stats.errors + 1] = core.error { kind = "input", field = "dir",
+      message = "dir: " .. id .. ": the outcome could not be recorded: " .. tostring(werr) }
+    stats.deferred = stats.deferred + 1
+  end
+end
+
 -- q:run{ max_age =, delays =, server =, limit = } -> { sent=, deferred=,
--- failed=, busy=, corrupt= } | nil, err
+-- failed=, busy=, corrupt= [, errors=] } | nil, err
 -- Delivers every entry that is due, oldest first, one connection per
 -- server. sent: entries delivered to all their recipients; deferred:
 -- entries to try again; failed: entries that failed for good in this
 -- run; busy: entries another runner was sending; corrupt: entries that
--- could not be read (left as they are, see list).
+-- could not be read (left as they are, see list); errors: what kept
+-- entries from being tried or their outcome from being recorded.
 function Queue:run(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -684,16 +771,12 @@ function Queue:run(opts)
   local policy = { max_age = opts.max_age or self.max_age, delays = opts.delays or self.delays }
   local run_server = opts.server or self.server
   local stats = { sent = 0, deferred = 0, failed = 0, busy = 0, corrupt = 0 }
-  local all = core.q_scan(self.dir)
-  if all then housekeeping(self, all, self.clock()) end
-  local names, err = scan(self)
-  if not names then return nil, err end
+  local names, all = scan(self)
+  if not names then return nil, all end
+  housekeeping(self, all, self.clock())
 
   -- what is due, from an unlocked look (checked again under the lock)
   local now = self.clock()
-  local groups, order = {}, {}
-  local limit = opts.limit or math.huge
-  local picked = 0
   local due_list = {}
   for _, e in ipairs(names) do
     local m = load(self, e)
@@ -709,12 +792,13 @@ function Queue:run(opts)
     if a.created ~= b.created then return a.created < b.created end
     return a.id < b.id
   end)
-  for _, m in ipairs(due_list) do
-    if picked >= limit then break end
-    picked = picked + 1
+  -- one group (and connection) per server, in the order of their oldest entry
+  local groups, order = {}, {}
+  for i = 1, min(#due_list, opts.limit or #due_list) do
+    local m = due_list[i]
     local key = server_key(m)
     if not groups[key] then
-      groups[key] = { server = m.server }
+      groups[key] = { copts = connect_options(m.server, run_server) }
       order[#order + 1] = key
     end
     local g = groups[key]
@@ -723,70 +807,19 @@ function Queue:run(opts)
 
   for _, key in ipairs(order) do
     local g = groups[key]
-    local conn, conn_err
-    local copts = connect_options(g.server, run_server)
-    if not copts then
-      conn_err = core.error { kind = "input", field = "server", temporary = true,
-        message = "server: no server to send to (give mailer.queue{ server = } or run{ server = })" }
+    if not g.copts then
+      -- nowhere to send these: left as they are, and said so
+      stats.errors = stats.errors or {}
+      stats.errors[#stats.errors + 1] = core.error { kind = "input", field = "server",
+        message = ("server: %d entries were added without a server, and none was given " ..
+                   "(mailer.queue{ server = } or run{ server = })"):format(#g) }
+    else
+      local ok, err = pcall(function()
+        for _, id in ipairs(g) do deliver(self, g, id, policy, stats) end
+      end)
+      if g.conn then pcall(g.conn.close, g.conn) end
+      if not ok then error(err, 0) end
     end
-    for _, id in ipairs(g) do
-      local path = self.dir .. "/" .. id
-      local lock, _, why = core.q_lock(path)
-      if not lock then
-        if why == "busy" then stats.busy = stats.busy + 1 end
-      else
-        local m, merr = read_entry(path, id)
-        now = self.clock()
-        if not m then
-          stats.corrupt = stats.corrupt + 1
-        elseif due(m, now) then
-          local receipt, serr
-          local msg, rerr = mailer().raw_message(path .. "/message.eml", { from = m.from, to = m.to })
-          if not msg then
-            serr = rerr
-          else
-            if not conn and not conn_err then
-              conn, conn_err = mailer().connect(copts)
-            end
-            if conn_err then
-              serr = conn_err
-            else
-              local ok, r, e = pcall(conn.send, conn, msg)
-              if not ok then
-                r, e = nil, core.is_error(r) and r or
-                  core.error { kind = "protocol", message = tostring(r), temporary = true }
-              end
-              receipt, serr = r, e
-              if serr and (serr.kind ~= "smtp" or serr.code == 421) then
-                -- the connection is gone or unusable: a new one for the next entry
-                pcall(conn.close, conn)
-                conn = nil
-              end
-            end
-          end
-          now = self.clock()
-          local state = apply(self, m, receipt, serr, now, policy)
-          local ok, werr
-          if state == "sent" then
-            ok, werr = discard(self, id)
-          else
-            ok, werr = replace_file(path, "meta.json", json.encode(m))
-          end
-          if ok then
-            stats[state] = stats[state] + 1
-          else
-            -- the outcome could not be recorded: the entry stays as it was
-            -- and is sent again (at least once)
-            stats.errors = stats.errors or {}
-            stats.errors[#stats.errors + 1] = core.error { kind = "input", field = "dir",
-              message = "dir: " .. id .. ": " .. tostring(werr) }
-            stats.deferred = stats.deferred + 1
-          end
-        end
-        lock:unlock()
-      end
-    end
-    if conn then pcall(conn.close, conn) end
   end
   return stats
 end
