@@ -714,9 +714,15 @@ end
 -- Claim entry id, send it if it is still due, record the outcome.
 local function deliver(self, g, id, policy, stats)
   local path = self.dir .. "/" .. id
-  local lock, _, why = core.q_lock(path)
+  local lock, lerr, why = core.q_lock(path)
   if not lock then
-    if why == "busy" then stats.busy = stats.busy + 1 end
+    if why == "busy" then
+      stats.busy = stats.busy + 1
+    elseif why == "error" then   -- e.g. a file system without flock: say so
+      stats.errors = stats.errors or {}
+      stats.errors[#stats.errors + 1] = core.error { kind = "input", field = "dir",
+        message = "dir: cannot claim " .. id .. ": " .. tostring(lerr) }
+    end
     return   -- "gone": another runner delivered or removed it meanwhile
   end
   local m = read_entry(path, id)
