@@ -408,7 +408,7 @@ describe("queue", function()
       -- the first runner's body: not read for a while, so it is killed with
       -- megabytes of the body on the way (in the socket buffers), then all
       -- that arrived is read
-      session({ sleep = 1.5 }, { read_all = true, timeout = 30 }),
+      session({ sleep = 2.5 }, { read_all = true, timeout = 30 }),
       accepted_session() } }
     local dir = servers.mkdir("q")
     local big = servers.tmpdir() .. "/queue-20MiB.bin"
@@ -439,7 +439,7 @@ describe("queue", function()
     local got = #first - body_start - 5
     assert.is_true(got > 65536 and got < #stored, "body octets before the kill: " .. got)
     assert.is_nil(first:find("\r\n.\r\n", body_start, true))
-    print(("\n  killed after %d of %d body octets reached the server"):format(got, #stored))
+    io.stderr:write(("\n  killed after %d of %d body octets reached the server\n"):format(got, #stored))
     assert.is_true(stored == data_body(h:received(2)), "the message arrived whole")
     assert.are.same({}, entry_names(dir))
     os.remove(big)
@@ -487,7 +487,7 @@ describe("queue", function()
     end
     for i = 1, 50 do assert.is_true(seen["queued " .. (100 + i)]) end
     assert.are.same({}, entry_names(dir))
-    print(("\n  two runners: %d + %d of 50"):format(sent[1], sent[2]))
+    io.stderr:write(("\n  two runners: %d + %d of 50\n"):format(sent[1], sent[2]))
     s:stop()
   end)
 
