@@ -26,7 +26,7 @@ local json = require "mailer.json"
 local type, pairs, ipairs, tostring, tonumber, setmetatable, pcall, error =
   type, pairs, ipairs, tostring, tonumber, setmetatable, pcall, error
 local floor, min = math.floor, math.min
-local concat, sort = table.concat, table.sort
+local sort = table.sort
 
 local M = {}
 
@@ -277,34 +277,32 @@ end
 -- the queue object
 ---------------------------------------------------------------------------
 
-local function check_delays(fname, delays)
+local function check_delays(fname, n, delays)
   if type(delays) ~= "table" or #delays == 0 then
-    error("bad argument #1 to '" .. fname .. "' (delays: a list of seconds expected)", 3)
+    error(("bad argument #%d to '%s' (delays: a list of seconds expected)"):format(n, fname), 4)
   end
   for i, d in ipairs(delays) do
     if type(d) ~= "number" or d < 0 or d ~= d then
-      error("bad argument #1 to '" .. fname .. "' (delays[" .. i .. "]: seconds >= 0 expected)", 3)
+      error(("bad argument #%d to '%s' (delays[%d]: seconds >= 0 expected)"):format(n, fname, i), 4)
     end
   end
 end
 
-local function check_opts(fname, o, allowed)
+-- Check the option table o (argument n of fname) against allowed (name ->
+-- type); misuse raises, as everywhere in the API.
+local function check_opts(fname, n, o, allowed)
+  local function bad(what)
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, what), 4)
+  end
   for k, v in pairs(o) do
     local want = allowed[k]
-    if not want then
-      error("bad argument #1 to '" .. fname .. "' (unknown option '" .. tostring(k) .. "')", 3)
-    end
-    if type(v) ~= want then
-      error(("bad argument #1 to '%s' (%s: %s expected, got %s)"):format(fname, k, want, type(v)), 3)
-    end
+    if not want then bad("unknown option '" .. tostring(k) .. "'") end
+    if type(v) ~= want then bad(("%s: %s expected, got %s"):format(k, want, type(v))) end
   end
-  if o.delays then check_delays(fname, o.delays) end
-  if o.max_age and not (o.max_age >= 0) then
-    error("bad argument #1 to '" .. fname .. "' (max_age: seconds >= 0 expected)", 3)
-  end
+  if o.delays then check_delays(fname, n, o.delays) end
+  if o.max_age and not (o.max_age >= 0) then bad("max_age: seconds >= 0 expected") end
   if o.server and type(o.server.host) ~= "string" then
-    error("bad argument #1 to '" .. fname .. "' (server.host: string expected, got " ..
-      type(o.server.host) .. ")", 3)
+    bad("server.host: string expected, got " .. type(o.server.host))
   end
 end
 
@@ -317,7 +315,7 @@ function M.new(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'queue' (table expected, got " .. type(opts) .. ")", 2)
   end
-  check_opts("queue", opts, { dir = "string", server = "table", max_age = "number",
+  check_opts("queue", 1, opts, { dir = "string", server = "table", max_age = "number",
                               delays = "table", clock = "function" })
   if not opts.dir or opts.dir == "" then
     error("bad argument #1 to 'queue' (dir: a directory path expected)", 2)
@@ -350,7 +348,7 @@ function Queue:add(msg, opts)
     if type(opts) ~= "table" then
       error("bad argument #2 to 'add' (table expected, got " .. type(opts) .. ")", 2)
     end
-    check_opts("add", opts, { server = "table", envelope = "table" })
+    check_opts("add", 2, opts, { server = "table", envelope = "table" })
   end
   local m, err = mailer().message(msg)
   if not m then return nil, err end
@@ -773,7 +771,7 @@ function Queue:run(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'run' (table expected, got " .. type(opts) .. ")", 2)
   end
-  check_opts("run", opts, { max_age = "number", delays = "table", server = "table", limit = "number" })
+  check_opts("run", 1, opts, { max_age = "number", delays = "table", server = "table", limit = "number" })
   local policy = { max_age = opts.max_age or self.max_age, delays = opts.delays or self.delays }
   local run_server = opts.server or self.server
   local stats = { sent = 0, deferred = 0, failed = 0, busy = 0, corrupt = 0 }
