@@ -312,7 +312,7 @@ static const luaL_Reg qfile_methods[] = {
 
 static const luaL_Reg queue_funcs[] = {
     {"q_file", l_q_file}, {"q_fsync_dir", l_q_fsync_dir}, {"q_lock", l_q_lock},
-    {"q_scan", l_q_scan}, {"q_exists", l_q_exists},     {"q_now", l_q_now},
+    {"q_scan", l_q_scan}, {"q_exists", l_q_exists},       {"q_now", l_q_now},
     {NULL, NULL}};
 
 /* Register one metatable with __gc and __close set to fn, and methods. */
