@@ -1070,6 +1070,7 @@ int luaopen_mailer_core(lua_State *L)
     mlr_open_message(L);
     mlr_open_smtp(L);
     mlr_open_socket(L);
+    mlr_open_queue(L);
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "_VERSION");
     return 1;

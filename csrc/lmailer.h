@@ -78,5 +78,6 @@ struct mlr_sock *mlr_lua_tosocket(lua_State *L, int idx);
 void mlr_open_message(lua_State *L);
 void mlr_open_smtp(lua_State *L);
 void mlr_open_socket(lua_State *L);
+void mlr_open_queue(lua_State *L);
 
 #endif

@@ -531,6 +531,11 @@ function M.connect(opts)
   return require("mailer.smtp").connect(opts)
 end
 
+-- mailer.queue{ dir =, server = } -> a store-and-forward queue (see mailer.queue)
+function M.queue(opts)
+  return require("mailer.queue").new(opts)
+end
+
 -- mailer.send(message_table_or_msg, server [, opts]) -> receipt | nil, err
 -- server = { outbox = "dir" } writes an .eml file instead of sending.
 function M.send(msg, server, opts)

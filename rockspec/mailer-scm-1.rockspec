@@ -34,13 +34,15 @@ build = {
     ["mailer.cli"] = "lua/mailer/cli.lua",
     ["mailer.resty"] = "lua/mailer/resty.lua",
     ["mailer.driver"] = "lua/mailer/driver.lua",
+    ["mailer.queue"] = "lua/mailer/queue.lua",
+    ["mailer.json"] = "lua/mailer/json.lua",
     ["mailer.core"] = {
       sources = {
         "csrc/lmailer.c", "csrc/lmailer_smtp.c", "csrc/lsocket.c", "csrc/mlr_common.c",
         "csrc/codec_base64.c", "csrc/codec_qp.c", "csrc/codec_dotstuff.c",
         "csrc/mime_header.c", "csrc/mime_addr.c", "csrc/mime_message.c",
         "csrc/smtp_reply.c", "csrc/smtp_engine.c", "csrc/auth.c", "csrc/transport.c",
-        "csrc/dkim.c",
+        "csrc/dkim.c", "csrc/lmailer_queue.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L", "_DEFAULT_SOURCE" },
       incdirs = { "csrc", "$(OPENSSL_INCDIR)", "$(LIBIDN2_INCDIR)" },

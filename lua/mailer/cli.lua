@@ -1,8 +1,11 @@
--- The mailer command: `mailer send ...` and `mailer render ...`.
+-- The mailer command: `mailer send ...`, `mailer render ...` and
+-- `mailer queue add|list|run|retry|remove --dir DIR ...`.
 -- Exit codes (sysexits): 0 sent / written, 64 bad command line, 65 bad
 -- message input (address, header, missing file), 69 permanent failure (the
 -- server refused, TLS or authentication failed), 75 temporary failure (try
--- again later: network, timeout, 4xx), 1 anything else.
+-- again later: network, timeout, 4xx), 1 anything else. `queue run` exits 0
+-- when nothing failed for good (deferred entries are the queue's business),
+-- 69 when an entry failed in this run, 65 when an entry cannot be read.
 local mailer = require "mailer"
 
 local M = {}
@@ -17,6 +20,11 @@ local esc = mailer.core.escape
 local usage = [[
 usage: mailer send   [options]   send the message (to ./outbox/ without --server)
        mailer render [options]   print the message instead of sending it
+       mailer queue add    --dir DIR [options]      add the message to a queue (as send --queue DIR)
+       mailer queue list   --dir DIR [--json]       entries: state, attempts, next attempt, last error
+       mailer queue run    --dir DIR [--server ...] deliver what is due (credentials as for send)
+       mailer queue retry  --dir DIR ID...          make entries due now (failed ones too)
+       mailer queue remove --dir DIR ID...          delete entries
 
 message:
   --from ADDR            sender (required)          --to ADDR      recipient (repeat)
@@ -30,6 +38,8 @@ delivery:
   --auth MECH            plain, login, cram-md5, xoauth2, oauthbearer  (token: $MAILER_TOKEN)
   --cafile FILE          CA bundle for verifying the server
   --timeout SECONDS      per step (default 30)      --outbox DIR   where send writes without --server
+  --queue DIR            add to the queue in DIR instead of sending (--server is stored, never the password)
+  --max-age SECONDS      queue run: give up on entries older than this (default 432000, 5 days)
   --trace                the SMTP transcript on stderr (secrets redacted)
   --dry-run              build and check the message, print the envelope, send nothing
 exit codes: 0 ok, 64 usage, 65 bad input, 69 permanent failure, 75 temporary failure
@@ -39,18 +49,28 @@ local repeatable = { to = true, cc = true, bcc = true, ["reply-to"] = true, atta
   inline = true, header = true }
 local valued = { from = true, subject = true, text = true, ["text-file"] = true, html = true,
   ["html-file"] = true, server = true, security = true, user = true, auth = true, cafile = true,
-  timeout = true, outbox = true }
-local flags = { trace = true, ["dry-run"] = true, help = true, version = true }
+  timeout = true, outbox = true, queue = true, dir = true, ["max-age"] = true }
+local flags = { trace = true, ["dry-run"] = true, help = true, version = true, json = true }
+local queue_commands = { add = true, list = true, run = true, retry = true, remove = true }
 
 -- Parse argv into {command, options}; nil, message on a usage error.
+-- For `queue SUB`, options.sub is SUB and options.ids the other arguments.
 function M.parse(argv)
-  local o = {}
+  local o = { ids = {} }
   for k in pairs(repeatable) do o[k] = {} end
   local cmd = argv[1]
   local i = 2
   if cmd == "-h" or cmd == "--help" then return "help", o end
   if cmd == "--version" then return "version", o end
-  if cmd ~= "send" and cmd ~= "render" then
+  if cmd == "queue" then
+    o.sub = argv[2]
+    if o.sub == "-h" or o.sub == "--help" then return "help", o end
+    if not queue_commands[o.sub or ""] then
+      return nil, o.sub and ("unknown queue command '" .. o.sub .. "'")
+        or "queue needs a command: add, list, run, retry or remove"
+    end
+    i = 3
+  elseif cmd ~= "send" and cmd ~= "render" then
     return nil, cmd and ("unknown command '" .. cmd .. "'") or "a command is required"
   end
   while i <= #argv do
@@ -58,8 +78,11 @@ function M.parse(argv)
     local name, inline_value = a:match("^%-%-([%w-]+)=(.*)$")
     name = name or a:match("^%-%-([%w-]+)$")
     if a == "-h" then name = "help" end
-    if not name then return nil, "unexpected argument '" .. a .. "'" end
-    if flags[name] then
+    if not name and (o.sub == "retry" or o.sub == "remove") then
+      table.insert(o.ids, a)
+    elseif not name then return nil, "unexpected argument '" .. a .. "'" end
+    if not name then   -- an id, taken above
+    elseif flags[name] then
       if inline_value then return nil, "--" .. name .. " takes no value" end
       o[name] = true
     elseif repeatable[name] or valued[name] then
@@ -82,6 +105,14 @@ function M.parse(argv)
     i = i + 1
   end
   if o.help then return "help", o end
+  if cmd == "queue" then
+    if not o.dir then return nil, "queue " .. o.sub .. " needs --dir DIR" end
+    if (o.sub == "retry" or o.sub == "remove") and #o.ids == 0 then
+      return nil, "queue " .. o.sub .. " needs the ids of the entries"
+    end
+  elseif o.dir then
+    return nil, "--dir is for the queue commands (send takes --queue DIR)"
+  end
   return cmd, o
 end
 
@@ -192,6 +223,46 @@ local function progress_bar(stderr, clock)
   end
 end
 
+-- The server table from --server and its companions: server | nil,
+-- exit code, message. Credentials (MAILER_PASSWORD, MAILER_TOKEN, a
+-- prompt) only when with_secrets.
+local function server_table(o, env, with_secrets)
+  local getenv = env.getenv or os.getenv
+  local server, serr = parse_server(o.server)
+  if not server then return nil, EX_USAGE, serr end
+  if o.security then server.security = o.security end
+  if o.timeout then
+    server.timeout = tonumber(o.timeout)
+    if not server.timeout or not (server.timeout > 0 and server.timeout <= 86400) then
+      return nil, EX_USAGE, "--timeout needs a number of seconds over 0, at most 86400 (a day)"
+    end
+  end
+  if o.cafile then server.tls = { cafile = o.cafile } end
+  if o.auth then server.auth = o.auth end
+  if o.user and with_secrets then
+    server.username = o.user
+    local token = getenv("MAILER_TOKEN")
+    if token and o.auth and (o.auth:lower() == "xoauth2" or o.auth:lower() == "oauthbearer") then
+      server.token = token
+    else
+      server.password = getenv("MAILER_PASSWORD")
+      if not server.password then
+        if (env.isatty or isatty)(0) then server.password = prompt_password(o.user) end
+        if not server.password then
+          return nil, EX_USAGE, "--user needs a password: set MAILER_PASSWORD"
+        end
+      end
+    end
+  end
+  if o.trace then
+    local stderr = env.stderr or io.stderr
+    server.trace = function(dir, line) stderr:write(dir, ": ", esc(line), "\n") end
+  end
+  return server
+end
+
+local queue_main
+
 local function fail(io_err, code, msg)
   io_err:write("mailer: ", esc(msg), "\n")
   return code
@@ -204,11 +275,115 @@ local function exit_code(err)
   return EX_UNAVAILABLE
 end
 
+-- An epoch time as "YYYY-MM-DD HH:MM:SSZ" (UTC).
+local function utc(t)
+  return t and os.date("!%Y-%m-%d %H:%M:%SZ", math.floor(t)) or "-"
+end
+
+-- One line of an error: "smtp 451 4.7.1: text".
+local function error_line(e)
+  local parts = { e.kind or "error" }
+  if e.code then parts[#parts + 1] = tostring(e.code) end
+  if e.enhanced then parts[#parts + 1] = e.enhanced end
+  return table.concat(parts, " ") .. ": " .. tostring(e.message or ""):gsub("[\r\n]+", " ")
+end
+
+-- A list() record as plain JSON-able data.
+local function plain_entry(e)
+  local function plain_err(x)
+    if not x then return nil end
+    return { kind = x.kind, code = x.code, enhanced = x.enhanced, message = x.message,
+             temporary = x.temporary, field = x.field, address = x.address }
+  end
+  local json = require "mailer.json"
+  local refused = json.array()
+  for i, r in ipairs(e.refused or {}) do refused[i] = plain_err(r) end
+  local function arr(t)
+    local a = json.array()
+    for i, v in ipairs(t or {}) do a[i] = v end
+    return a
+  end
+  return { id = e.id, state = e.state, attempts = e.attempts, next_attempt = e.next_attempt,
+           created = e.created, from = e.from, to = arr(e.to), delivered = arr(e.delivered),
+           refused = refused, size = e.size, server = e.server, last_error = plain_err(e.last_error),
+           outcome_unknown = e.outcome_unknown or nil, corrupt = e.corrupt or nil,
+           expired = e.expired }
+end
+
+-- mailer queue list|run|retry|remove --dir DIR ...
+queue_main = function(o, env)
+  local stdout, stderr = env.stdout or io.stdout, env.stderr or io.stderr
+  local qopts = { dir = o.dir }
+  local q = mailer.queue(qopts)
+  if o.sub == "list" then
+    local list, err = q:list()
+    if not list then return fail(stderr, exit_code(err), tostring(err)) end
+    if o.json then
+      local json = require "mailer.json"
+      local out = json.array()
+      for i, e in ipairs(list) do out[i] = plain_entry(e) end
+      stdout:write(json.encode(out), "\n")
+      return EX_OK
+    end
+    for _, e in ipairs(list) do
+      local state = e.state
+      if e.corrupt then state = "corrupt"
+      elseif e.outcome_unknown then state = state .. " (outcome unknown)"
+      elseif e.expired then state = state .. " (max age)" end
+      stdout:write(("%s  %s  attempts %d"):format(e.id, state, e.attempts or 0))
+      if e.next_attempt then stdout:write("  next ", utc(e.next_attempt)) end
+      stdout:write("\n")
+      if not e.corrupt then
+        stdout:write("    from ", e.from, " to ", #e.to > 0 and table.concat(e.to, ", ") or "-",
+          e.server and (" via " .. e.server) or "", ", ", tostring(e.size), " octets\n")
+        if #e.delivered > 0 then stdout:write("    delivered to ", table.concat(e.delivered, ", "), "\n") end
+        for _, r in ipairs(e.refused) do
+          stdout:write("    refused ", r.address, ": ", error_line(r), "\n")
+        end
+      end
+      if e.last_error then stdout:write("    last error: ", error_line(e.last_error), "\n") end
+    end
+    return EX_OK
+  elseif o.sub == "run" then
+    local ropts = {}
+    if o.server then
+      local server, code, serr = server_table(o, env, true)
+      if not server then return fail(stderr, code, serr) end
+      ropts.server = server
+    end
+    if o["max-age"] then
+      ropts.max_age = tonumber(o["max-age"])
+      if not ropts.max_age or ropts.max_age < 0 then
+        return fail(stderr, EX_USAGE, "--max-age needs a number of seconds")
+      end
+    end
+    local st, err = q:run(ropts)
+    if not st then return fail(stderr, exit_code(err), tostring(err)) end
+    stdout:write(("sent %d, deferred %d, failed %d"):format(st.sent, st.deferred, st.failed))
+    if st.busy > 0 then stdout:write((", busy %d"):format(st.busy)) end
+    if st.corrupt > 0 then stdout:write((", corrupt %d (see mailer queue list)"):format(st.corrupt)) end
+    stdout:write("\n")
+    for _, e in ipairs(st.errors or {}) do stderr:write("mailer: ", tostring(e), "\n") end
+    if st.failed > 0 then return EX_UNAVAILABLE end
+    if st.corrupt > 0 then return EX_DATAERR end
+    if st.errors then return EX_TEMPFAIL end
+    return EX_OK
+  end
+  local code = EX_OK
+  for _, id in ipairs(o.ids) do
+    local ok, err = q[o.sub](q, id)
+    if not ok then
+      stderr:write("mailer: ", tostring(err), "\n")
+      code = exit_code(err)
+    end
+  end
+  return code
+end
+
 -- Run the command; returns the exit code. env gives getenv/stdout/stderr/
 -- clock/isatty for tests; defaults are the real ones.
 function M.main(argv, env)
   env = env or {}
-  local getenv = env.getenv or os.getenv
   local stdout, stderr = env.stdout or io.stdout, env.stderr or io.stderr
   local cmd, o = M.parse(argv)
   if not cmd then
@@ -217,6 +392,10 @@ function M.main(argv, env)
   end
   if cmd == "help" then stdout:write(usage) return EX_OK end
   if cmd == "version" then stdout:write("mailer ", mailer._VERSION, "\n") return EX_OK end
+  if cmd == "queue" then
+    if o.sub ~= "add" then return queue_main(o, env) end
+    o.queue = o.dir
+  end
   if not o.from then return fail(stderr, EX_USAGE, "--from is required") end
   local t, terr = message_table(o)
   if not t then return fail(stderr, EX_USAGE, terr) end
@@ -238,6 +417,20 @@ function M.main(argv, env)
     return EX_OK
   end
 
+  if o.queue then
+    local server
+    if o.server then
+      local code, serr
+      server, code, serr = server_table(o, env, false)   -- stored: never a password
+      if not server then return fail(stderr, code, serr) end
+      server.trace = nil
+    end
+    local id, e = mailer.queue { dir = o.queue, server = server }:add(msg)
+    if not id then return fail(stderr, exit_code(e), tostring(e)) end
+    stdout:write(id, "\n")
+    return EX_OK
+  end
+
   if not o.server then
     local receipt, e = mailer.send(msg, { outbox = o.outbox or "outbox" })
     if not receipt then return fail(stderr, exit_code(e), tostring(e)) end
@@ -245,35 +438,8 @@ function M.main(argv, env)
     return EX_OK
   end
 
-  local server, serr = parse_server(o.server)
-  if not server then return fail(stderr, EX_USAGE, serr) end
-  if o.security then server.security = o.security end
-  if o.timeout then
-    server.timeout = tonumber(o.timeout)
-    if not server.timeout or not (server.timeout > 0 and server.timeout <= 86400) then
-      return fail(stderr, EX_USAGE, "--timeout needs a number of seconds over 0, at most 86400 (a day)")
-    end
-  end
-  if o.cafile then server.tls = { cafile = o.cafile } end
-  if o.auth then server.auth = o.auth end
-  if o.user then
-    server.username = o.user
-    local token = getenv("MAILER_TOKEN")
-    if token and o.auth and (o.auth:lower() == "xoauth2" or o.auth:lower() == "oauthbearer") then
-      server.token = token
-    else
-      server.password = getenv("MAILER_PASSWORD")
-      if not server.password then
-        if (env.isatty or isatty)(0) then server.password = prompt_password(o.user) end
-        if not server.password then
-          return fail(stderr, EX_USAGE, "--user needs a password: set MAILER_PASSWORD")
-        end
-      end
-    end
-  end
-  if o.trace then
-    server.trace = function(dir, line) stderr:write(dir, ": ", esc(line), "\n") end
-  end
+  local server, code, serr = server_table(o, env, true)
+  if not server then return fail(stderr, code, serr) end
   local send_opts = {}
   local size = msg:size()
   if size and size > 1048576 and (env.isatty or isatty)(2) then

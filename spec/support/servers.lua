@@ -450,7 +450,8 @@ Smtpd.__index = Smtpd
 --   extensions = { "PIPELINING" }, reject_rcpt = { addr | [addr] = reply },
 --   data_reply = nil, hostname = nil, start_timeout = 20,
 --   scram_fault = nil|"wrong_signature"|"no_signature",
---   greeting_delay = nil|seconds (each connection waits that long for its 220) }
+--   greeting_delay = nil|seconds (each connection waits that long for its 220),
+--   port = nil|N (listen there, e.g. where a client already failed to connect) }
 function M.aiosmtpd(opts)
   opts = opts or {}
   local ca = M.ca()
@@ -486,6 +487,7 @@ function M.aiosmtpd(opts)
     hostname = opts.hostname,
     idle_timeout = opts.idle_timeout,
     greeting_delay = opts.greeting_delay,
+    port = opts.port,
   }
   local self = spawn("aiosmtpd", "smtpd.py", cfg, opts)
   self.cafile = ca.cafile
