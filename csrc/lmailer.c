@@ -411,7 +411,31 @@ static int l_msg_body(lua_State *L)
     lmsg *lm = check_builder(L);
     int kind = luaL_checkoption(L, 2, NULL, kinds);
     size_t n;
-    const char *s = luaL_checklstring(L, 3, &n);
+    const char *s;
+    mlr_src src;
+    if (lua_istable(L, 3)) {   /* {path=} or {source=, size=}: streamed */
+        memset(&src, 0, sizeof src);
+        src.size = -1;
+        lua_getfield(L, 3, "path");
+        src.path = lua_tolstring(L, -1, &n);
+        if (src.path && (n == 0 || strlen(src.path) != n))
+            return mlr_fail(L, "input", "path: empty, or contains a NUL byte", kinds[kind]);
+        lua_getfield(L, 3, "size");
+        if (lua_isnumber(L, -1))
+            src.size = (int64_t)lua_tonumber(L, -1);
+        lua_getfield(L, 3, "source");
+        if (!src.path && lua_isfunction(L, -1)) {   /* uservalue.sources[id] = fn */
+            src.push = 1;
+            src.push_id = ++lm->nsources;
+            mlr_getuv(L, 1);
+            lua_getfield(L, -1, "sources");
+            lua_pushvalue(L, -3);
+            lua_rawseti(L, -2, (lua_Integer)src.push_id);
+            lua_pop(L, 2);
+        }
+        return builder_result(L, lm, mlr_msg_set_body_src(lm->m, kind, &src));
+    }
+    s = luaL_checklstring(L, 3, &n);
     return builder_result(L, lm, kind == 0 ? mlr_msg_set_text(lm->m, s, n)
                                            : mlr_msg_set_html(lm->m, s, n));
 }

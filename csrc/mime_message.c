@@ -55,6 +55,7 @@ typedef struct part {
     void *ud;
     unsigned push_id;           /* SRC_PUSH: the caller's number for it */
     int64_t size;               /* source size when known, else -1 */
+    int64_t qp_size;            /* a streamed text body: its encoded size, else -1 */
     int spool_fd;               /* SRC_FN read while signing: its bytes, else -1 */
     int spooled;                /* the spool holds the whole source */
     char field[64];
@@ -199,6 +200,7 @@ static part *new_part(mlr_msg *m)
     memset(p, 0, sizeof *p);
     mlr_buf_init(&p->headers, m->a);
     p->size = -1;
+    p->qp_size = -1;
     p->spool_fd = -1;
     m->allparts[m->nparts++] = p;
     return p;
@@ -479,6 +481,94 @@ static int set_body(mlr_msg *m, part **slot, const char *subtype, const char *fi
     return MLR_OK;
 }
 
+/* The first pass over a text file: is it UTF-8, and how long is it
+ * quoted-printable? Reads it in blocks (bounded memory); *qp_size gets
+ * the encoded size. MLR_OK, or an input error. */
+static int measure_text_file(mlr_msg *m, part *p, const char *field, int64_t *qp_size)
+{
+    enum { BLK = 16384 };
+    uint8_t in[BLK + 4], out[4 * BLK + MLR_QP_FINISH_MAX + 64];
+    size_t carry = 0, n;
+    uint64_t total = 0;
+    mlr_qp qp;
+    FILE *fp = fopen(p->path, "rb");
+    if (!fp)
+        return failf(m, field, "cannot read the file");
+    mlr_qp_init(&qp);
+    while ((n = fread(in + carry, 1, BLK, fp)) > 0) {
+        size_t have = carry + n, ok = have, k;
+        /* hold back an incomplete UTF-8 character at the end of the block */
+        for (k = 1; k <= 3 && k <= have; k++) {
+            uint8_t c = in[have - k];
+            if ((c & 0xC0) != 0x80) {
+                size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+                if (need > k)
+                    ok = have - k;
+                break;
+            }
+        }
+        if (!mlr_utf8_valid((const char *)in, ok)) {
+            fclose(fp);
+            return failf(m, field, "is not valid UTF-8");
+        }
+        total += mlr_qp_encode(&qp, in, ok, out);
+        carry = have - ok;
+        memmove(in, in + ok, carry);
+    }
+    if (ferror(fp) || (carry && !mlr_utf8_valid((const char *)in, carry))) {
+        int bad = !ferror(fp);
+        fclose(fp);
+        return failf(m, field, bad ? "is not valid UTF-8" : "cannot read the file");
+    }
+    fclose(fp);
+    total += mlr_qp_finish(&qp, out);
+    *qp_size = (int64_t)total;
+    return MLR_OK;
+}
+
+int mlr_msg_set_body_src(mlr_msg *m, int html, const mlr_src *src)
+{
+    const char *field = html ? "html" : "text";
+    part **slot = html ? &m->html : &m->text;
+    part *p;
+    char line[128];
+    int rc;
+    if (*slot)
+        return failf(m, field, "given twice");
+    if (!(p = new_part(m)))
+        return MLR_ERR_NOMEM;
+    snprintf(p->field, sizeof p->field, "%s", field);
+    p->enc = ENC_QP;
+    if (src->path) {
+        struct stat st;
+        p->src = SRC_FILE;
+        if (!(p->path = mlr_strndup(m->a, src->path, strlen(src->path))))
+            return MLR_ERR_NOMEM;
+        if (stat(src->path, &st) != 0 || !S_ISREG(st.st_mode)) {
+            char msg[220];
+            snprintf(msg, sizeof msg, "cannot read file '%.120s': %s", src->path,
+                     errno && !S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+            return failf(m, field, msg);
+        }
+        p->size = (int64_t)st.st_size;
+        if ((rc = measure_text_file(m, p, field, &p->qp_size)))
+            return rc;
+    } else if (src->push) {
+        p->src = SRC_PUSH;
+        p->push_id = src->push_id;
+        p->size = src->size;   /* checked while sent; the encoded size stays unknown */
+    } else {
+        return failf(m, field, "expected a string, a path or a source");
+    }
+    snprintf(line, sizeof line,
+             "Content-Type: text/%s; charset=utf-8\r\nContent-Transfer-Encoding: "
+             "quoted-printable\r\n", html ? "html" : "plain");
+    if ((rc = mlr_buf_addstr(&p->headers, line)))
+        return rc;
+    *slot = p;
+    return MLR_OK;
+}
+
 int mlr_msg_set_text(mlr_msg *m, const char *s, size_t n)
 {
     return set_body(m, &m->text, "plain", "text", s, n);
@@ -655,6 +745,8 @@ static int64_t body_size(const part *p)
 {
     if (p->enc == ENC_7BIT)
         return (int64_t)p->len;
+    if (p->enc == ENC_QP && p->src != SRC_MEM)
+        return p->qp_size;   /* a streamed text body: measured, or unknown */
     if (p->enc == ENC_QP)
         return (int64_t)mlr_qp_encoded_size((const uint8_t *)p->data, p->len);
     if (p->size < 0)

@@ -80,6 +80,11 @@ int mlr_msg_add_header(mlr_msg *m, const char *name, size_t nlen, const char *v,
 /* The text and html bodies (UTF-8). */
 int mlr_msg_set_text(mlr_msg *m, const char *s, size_t n);
 int mlr_msg_set_html(mlr_msg *m, const char *s, size_t n);
+/* The text (html 0) or html body streamed from a file (src->path: a first
+ * pass checks that it is UTF-8 and measures its quoted-printable size) or
+ * a push source (sent as is, unchecked; its encoded size is unknown);
+ * always quoted-printable, line ends made CRLF by the encoder. */
+int mlr_msg_set_body_src(mlr_msg *m, int html, const mlr_src *src);
 /* An attachment (cid == NULL) or an inline part (cid set). content_type
  * must be given ("type/subtype"); filename may be NULL. */
 int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,

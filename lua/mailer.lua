@@ -306,8 +306,25 @@ function M.message(t)
   for _, kind in ipairs { "text", "html" } do
     local v = t[kind]
     if v ~= nil then
-      if type(v) ~= "string" then
-        return input_error(kind, "expected a string, got " .. type(v))
+      if type(v) == "table" then   -- streamed: { path = } or { source = , size = }
+        for k in pairs(v) do
+          if k ~= "path" and k ~= "source" and k ~= "size" then
+            return input_error(kind, "unknown field '" .. tostring(k) .. "' (path, source, size)")
+          end
+        end
+        local n = (v.path ~= nil and 1 or 0) + (v.source ~= nil and 1 or 0)
+        if n ~= 1 then return input_error(kind, "give exactly one of path or source") end
+        if v.path ~= nil and type(v.path) ~= "string" then
+          return input_error(kind, "path must be a string")
+        end
+        if v.source ~= nil and type(v.source) ~= "function" then
+          return input_error(kind, "source must be a function")
+        end
+        if v.size ~= nil and (type(v.size) ~= "number" or v.size < 0 or v.size ~= math.floor(v.size)) then
+          return input_error(kind, "size must be a whole number of octets")
+        end
+      elseif type(v) ~= "string" then
+        return input_error(kind, "expected a string, {path=} or {source=}, got " .. type(v))
       end
       ok, err = core.msg_body(m, kind, v)
       if not ok then return nil, err end
