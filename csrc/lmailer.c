@@ -253,7 +253,8 @@ void mlr_lua_alloc(lua_State *L, mlr_alloc *a)
 
 /* ---- messages ---- */
 
-/* A message's user value is a table: sources = { fn, ... } (by push id). */
+/* A message's user value is a table: sources = { fn, ... } (by push id),
+ * keep = { string, ... } (data and text strings it uses in place). */
 typedef struct lmsg {
     mlr_msg *m;
     mlr_msg *zombie; /* closed, but kept until __gc: a rendering may be in flight */
@@ -261,6 +262,17 @@ typedef struct lmsg {
     unsigned nsources;
     int finished;
 } lmsg;
+
+/* Keep the string at idx alive as long as the message at index 1. */
+static void keep_string(lua_State *L, int idx)
+{
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    mlr_getuv(L, 1);
+    lua_getfield(L, -1, "keep");
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 2);
+}
 
 static lmsg *check_lmsg(lua_State *L, int idx)
 {
@@ -311,14 +323,17 @@ static int l_new_message(lua_State *L)
     memset(lm, 0, sizeof *lm);
     luaL_getmetatable(L, MESSAGE_MT);
     lua_setmetatable(L, -2);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_newtable(L);
     lua_setfield(L, -2, "sources");
+    lua_newtable(L);
+    lua_setfield(L, -2, "keep");   /* strings the message uses in place */
     mlr_setuv(L, -2);
     mlr_lua_alloc(L, &lm->alloc);
     lm->m = mlr_msg_new(&lm->alloc);
     if (!lm->m)
         return luaL_error(L, "not enough memory");
+    mlr_msg_borrow_strings(lm->m, 1);
     return 1;
 }
 
@@ -436,6 +451,7 @@ static int l_msg_body(lua_State *L)
         return builder_result(L, lm, mlr_msg_set_body_src(lm->m, kind, &src));
     }
     s = luaL_checklstring(L, 3, &n);
+    keep_string(L, 3);   /* used in place when its line ends are CRLF already */
     return builder_result(L, lm, kind == 0 ? mlr_msg_set_text(lm->m, s, n)
                                            : mlr_msg_set_html(lm->m, s, n));
 }
@@ -465,6 +481,8 @@ static int l_msg_part(lua_State *L)
     src.path = luaL_optstring(L, -1, NULL);
     lua_getfield(L, 2, "data");
     src.data = luaL_optlstring(L, -1, NULL, &src.len);
+    if (src.data)
+        keep_string(L, -1);   /* used in place, never copied */
     lua_getfield(L, 2, "size");
     if (lua_isnumber(L, -1))
         src.size = (int64_t)lua_tonumber(L, -1);

@@ -48,7 +48,8 @@ typedef struct part {
     /* leaf */
     mlr_buf headers;            /* Content-* lines, CRLF-terminated */
     int src, enc, consumed;
-    char *data;                 /* SRC_MEM: owned copy (text: CRLF-normalised) */
+    char *data;                 /* SRC_MEM: owned copy (text: CRLF-normalised), or */
+    int borrowed;               /* the caller's bytes, kept alive by the caller */
     size_t len;
     char *path;                 /* SRC_FILE */
     mlr_source_fn fn;           /* SRC_FN */
@@ -89,6 +90,7 @@ struct mlr_msg {
     size_t nrcpts, rcpts_cap;
     int smtputf8, finished;
     int eightbit;               /* a raw message with 8-bit octets */
+    int borrow;                 /* strings given stay valid: no copies */
     part *raw;                  /* set: the message is this file, as is */
     uint64_t size;
     mlr_dkim *dkim;             /* signs every rendering when set */
@@ -148,7 +150,8 @@ static void free_part(const mlr_alloc *a, part *p)
     mlr_buf_free(&p->headers);
     if (p->spool_fd >= 0)
         close(p->spool_fd);
-    mlr_free(a, p->data, p->len + 1);
+    if (!p->borrowed)
+        mlr_free(a, p->data, p->len + 1);
     if (p->path)
         mlr_free(a, p->path, strlen(p->path) + 1);
     mlr_free(a, p, sizeof *p);
@@ -398,6 +401,12 @@ static int normalise_text(mlr_msg *m, part *p, const char *s, size_t n)
         if ((s[i] == '\r' && (i + 1 >= n || s[i + 1] != '\n')) ||
             (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')))
             extra++;
+    if (extra == 0 && m->borrow) {   /* already CRLF: the caller's bytes as they are */
+        p->data = (char *)s;
+        p->len = n;
+        p->borrowed = 1;
+        return MLR_OK;
+    }
     if (extra > SIZE_MAX - n - 1)
         return MLR_ERR_NOMEM;
     d = mlr_malloc(m->a, n + extra + 1);
@@ -638,8 +647,12 @@ int mlr_msg_add_part(mlr_msg *m, const mlr_src *src, const char *content_type,
         p->size = src->size;
     } else {
         p->src = SRC_MEM;
-        if (!(p->data = mlr_strndup(m->a, src->data ? src->data : "", src->len)))
+        if (m->borrow && src->data) {
+            p->data = (char *)src->data;
+            p->borrowed = 1;
+        } else if (!(p->data = mlr_strndup(m->a, src->data ? src->data : "", src->len))) {
             return MLR_ERR_NOMEM;
+        }
         p->len = src->len;
         p->size = (int64_t)src->len;
     }
@@ -909,6 +922,8 @@ int mlr_msg_set_raw(mlr_msg *m, const char *path, const char *field)
 }
 
 int mlr_msg_needs_8bit(const mlr_msg *m) { return m->smtputf8 || m->eightbit; }
+
+void mlr_msg_borrow_strings(mlr_msg *m, int on) { m->borrow = on; }
 
 int mlr_msg_finish(mlr_msg *m)
 {

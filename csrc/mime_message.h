@@ -39,6 +39,10 @@ typedef struct mlr_msg_error {
 
 mlr_msg *mlr_msg_new(const mlr_alloc *a);
 void mlr_msg_free(mlr_msg *m);
+/* From now on, attachment data and text/html strings given to the builder
+ * stay valid (unchanged) as long as the message: they are used in place,
+ * not copied (a text is copied only when its line ends need CRLF). */
+void mlr_msg_borrow_strings(mlr_msg *m, int on);
 
 /* Address roles, in the order their headers are written. */
 enum { MLR_ROLE_FROM, MLR_ROLE_SENDER, MLR_ROLE_REPLY_TO, MLR_ROLE_TO, MLR_ROLE_CC,

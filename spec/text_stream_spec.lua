@@ -83,6 +83,38 @@ describe("streamed text bodies", function()
   end)
 
   local rss_it = os.getenv("MAILER_UNDER_ASAN") and pending or it
+  rss_it("keeps data= and CRLF text strings in place instead of copying them", function()
+    local script = servers.tmpdir() .. "/keep.lua"
+    local sf = assert(io.open(script, "wb"))
+    sf:write([[
+      local mailer = require "mailer"
+      local function rss() return tonumber(io.open("/proc/self/status"):read("*a"):match("VmRSS:%s+(%d+)")) end
+      local data = string.rep("x", 48 * 1048576)
+      local text = string.rep("line
+", 2000000)
+      collectgarbage() collectgarbage()
+      local before = rss()
+      local m = assert(mailer.message { from = "a@example.com", to = "b@example.com", subject = "s",
+        text = text, attachments = { { data = data, filename = "d.bin" } } })
+      local grown = rss() - before
+      data, text = nil, nil
+      collectgarbage() collectgarbage()
+      -- the message keeps the strings alive: it still renders them whole
+      local n = 0
+      for c in m:chunks() do n = n + #c end
+      assert(n == m:size(), "rendered " .. n .. " of " .. m:size())
+      print(grown)
+    ]])
+    sf:close()
+    local lua = arg and arg[-1] or "lua5.4"
+    local p = assert(io.popen(("%s %s"):format(lua, script)))
+    local kib = tonumber(p:read("*a"))
+    p:close()
+    assert.is_number(kib)
+    -- 60 MiB of strings given; a copy would add as much again
+    assert.is_true(kib < 8 * 1024, ("building the message grew RSS by %d KiB"):format(kib or -1))
+  end)
+
   rss_it("renders a 64 MiB text body by path in bounded memory", function()
     local path = servers.tmpdir() .. "/big.txt"
     local f = assert(io.open(path, "wb"))
