@@ -90,8 +90,7 @@ describe("streamed text bodies", function()
       local mailer = require "mailer"
       local function rss() return tonumber(io.open("/proc/self/status"):read("*a"):match("VmRSS:%s+(%d+)")) end
       local data = string.rep("x", 48 * 1048576)
-      local text = string.rep("line
-", 2000000)
+      local text = string.rep("line\r\n", 2000000)
       collectgarbage() collectgarbage()
       local before = rss()
       local m = assert(mailer.message { from = "a@example.com", to = "b@example.com", subject = "s",
