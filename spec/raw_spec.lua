@@ -4,11 +4,10 @@
 local mailer = require "mailer"
 local servers = require "support.servers"
 
+-- A file in the spec run's temp directory; its path.
 local function tmpfile(name, data)
   local path = servers.tmpdir() .. "/" .. name
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
+  servers.writefile(path, data)
   return path
 end
 
