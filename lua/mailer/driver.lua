@@ -799,11 +799,27 @@ function M.connect(c, kind, sock)
   return self
 end
 
+-- The event loop the caller runs in, when it can wait for our sockets:
+-- "cqueues" (a coroutine a controller runs), "copas" (a coroutine, with
+-- copas loaded), or nil. Only loops already loaded are asked.
+local function running_loop()
+  local cq = package.loaded.cqueues
+  if type(cq) == "table" and cq.running then
+    local controller, direct = cq.running()
+    if controller ~= nil and direct == true then return "cqueues" end
+  end
+  if package.loaded.copas then
+    local co, main = coroutine.running()
+    if co ~= nil and not main then return "copas" end
+  end
+end
+M.running_loop = running_loop
+
 -- The socket for a `socket =` choice: kind, sock | nil, err.
 function M.socket(choice)
   if choice == false then choice = "c" end   -- (older spelling of "c")
   if choice == nil then
-    choice = M.available() and "nginx" or "c"
+    choice = M.available() and "nginx" or running_loop() or "c"
   end
   if choice == "c" then return "c", core.socket() end
   if choice == "nginx" then
@@ -814,8 +830,17 @@ function M.socket(choice)
     return "nginx", ngx.socket.tcp()
   end
   if choice == "copas" or choice == "cqueues" then
-    return nil, new_error("unsupported", ("socket = %q is not supported yet; pass a cosocket-compatible " ..
-      "object instead"):format(choice))
+    local loop = require("mailer.socket." .. choice)
+    if not loop.available() then
+      return nil, new_error("unsupported", ("socket = %q: %s cannot be loaded (Debian: lua-%s)")
+        :format(choice, choice, choice))
+    end
+    if not loop.inside() then
+      return nil, new_error("unsupported", choice == "copas"
+        and "socket = \"copas\": call from a copas thread (copas.addthread), or use mailer.pool"
+        or "socket = \"cqueues\": call from a coroutine of a cqueues controller (cq:wrap), or use mailer.pool")
+    end
+    return choice, loop.socket()
   end
   if type(choice) == "table" or type(choice) == "userdata" then
     return (ngx and type(choice) == "userdata") and "nginx" or "object", choice
