@@ -467,6 +467,11 @@ function M.connect(opts)
   return require("mailer.smtp").connect(opts)
 end
 
+-- mailer.pool(opts) -> pool | nil, err (see mailer.pool)
+function M.pool(opts)
+  return require("mailer.pool").new(opts)
+end
+
 -- mailer.send(message_table_or_msg, server [, opts]) -> receipt | nil, err
 -- server = { outbox = "dir" } writes an .eml file instead of sending.
 function M.send(msg, server, opts)

@@ -447,7 +447,9 @@ Smtpd.__index = Smtpd
 --   extensions = { "PIPELINING" }, reject_rcpt = { addr | [addr] = reply },
 --   data_reply = nil, hostname = nil, start_timeout = 20,
 --   scram_fault = nil|"wrong_signature"|"no_signature",
---   greeting_delay = nil|seconds (each connection waits that long for its 220) }
+--   greeting_delay = nil|seconds (each connection waits that long for its 220),
+--   reply_delay = nil|seconds (before every reply), read_rate = nil|bytes a second,
+--   idle_timeout = nil|seconds, idle_reply = nil|"421 ..." (sent when it closes an idle session) }
 function M.aiosmtpd(opts)
   opts = opts or {}
   local ca = M.ca()
@@ -483,6 +485,9 @@ function M.aiosmtpd(opts)
     hostname = opts.hostname,
     idle_timeout = opts.idle_timeout,
     greeting_delay = opts.greeting_delay,
+    reply_delay = opts.reply_delay,
+    read_rate = opts.read_rate,
+    idle_reply = opts.idle_reply,
   }
   local self = spawn("aiosmtpd", "smtpd.py", cfg, opts)
   self.cafile = ca.cafile
@@ -494,7 +499,8 @@ end
 -- All messages recorded so far:
 -- { mail_from=, rcpt_tos={}, mail_options={}, rcpt_options={}, rcpts={{address=,options=}},
 --   data=<exact bytes>, size=, auth=<identity>|nil, auth_mechanism=, tls=bool,
---   tls_version=, client_cert=<CN>|nil, helo=, smtputf8=bool, connection=n, n=n }
+--   tls_version=, client_cert=<CN>|nil, helo=, smtputf8=bool, connection=n, n=n,
+--   time=<Unix seconds when the final dot arrived> }
 function Smtpd:messages()
   local f = io.open(self.record, "rb")
   if not f then return self._parsed end
