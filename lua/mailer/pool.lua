@@ -295,20 +295,38 @@ local function release(self, item)
   wake(self)
 end
 
--- Wait until one more message may start under the rate limit; then count it.
-local function gate(self)
-  local rate = self.rate
-  if not rate then return end
-  local starts, per = self.starts, rate.per
+-- The rate limit: the start times of the last rate.messages messages
+-- (when each was handed to its connection), oldest first.
+
+-- Forget starts older than rate.per; the number left.
+local function rate_count(self, t)
+  local starts = self.starts
+  while starts[1] and t - starts[1] >= self.rate.per do remove(starts, 1) end
+  return #starts
+end
+
+-- Count a start now if the rate allows one: true, or false.
+local function rate_claim(self)
+  if not self.rate then return true end
+  local t = now()
+  if rate_count(self, t) >= self.rate.messages then return false end
+  self.starts[#self.starts + 1] = t
+  return true
+end
+
+-- Sleep until the rate allows another start (without counting one).
+local function rate_wait(self)
+  if not self.rate then return end
   while true do
     local t = now()
-    while starts[1] and t - starts[1] >= per do remove(starts, 1) end
-    if #starts < rate.messages then
-      starts[#starts + 1] = t
-      return
-    end
-    self.rt.sleep(starts[1] + per - t)
+    if rate_count(self, t) < self.rate.messages then return end
+    self.rt.sleep(self.starts[1] + self.rate.per - t)
   end
+end
+
+-- Wait for a start and count it.
+local function gate(self)
+  repeat rate_wait(self) until rate_claim(self)
 end
 
 -- A mailer.Message from a message or message table: msg | nil, err.
@@ -377,36 +395,65 @@ local function message_queue(self, nextf, results)
   return q
 end
 
--- One worker of send_all: while messages are left, take a connection and
--- pipeline messages from the queue over it until it has sent max_messages
--- (then QUIT, and another) or the queue is empty.
+-- One worker of send_all: it takes a message, then a connection, and
+-- pipelines messages from the queue over it (conn:send_many) until the
+-- connection has sent max_messages (QUIT, and another), the queue is empty,
+-- or the rate says wait: then the messages in flight finish, the worker
+-- sleeps, and goes on over the same connection. (Sleeping inside the
+-- producer would hold up the message in flight.)
 local function worker(self, q, results, opts)
-  while q.peek() do
-    local item, err = acquire(self)
+  local item, first_i, first_m   -- the connection held; a message taken for it
+  while true do
+    if not first_i then first_i, first_m = q.take() end
+    if not first_i then break end
     if not item then
-      -- no connection: the next message fails with why, so the run ends
-      local i = q.take()
-      if i then results[i] = { error = err } end
-    else
-      local conn, map = item.conn, {}
+      local err
+      item, err = acquire(self)
+      if not item then   -- no connection: this message fails with why
+        results[first_i] = { error = err }
+        first_i, first_m = nil, nil
+      end
+    end
+    if item then
+      rate_wait(self)
+      local conn, map, stalled = item.conn, {}, false
       local function produce()
         if item.count >= self.max_messages or broken(conn) or self.closed then return nil end
-        local i, m = q.take()
-        if not i then return nil end
-        gate(self)
+        if not first_i and not q.peek() then return nil end
+        if not rate_claim(self) then
+          stalled = true
+          return nil
+        end
+        local i, m = first_i, first_m
+        if i then
+          first_i, first_m = nil, nil
+        else
+          i, m = q.take()
+          if not i then
+            remove(self.starts)   -- (not taken after all)
+            return nil
+          end
+        end
         item.count = item.count + 1
         map[#map + 1] = i
         return m
       end
       local ok, res = pcall(conn.send_many, conn, produce, opts)
-      release(self, item)
-      if not ok then error(res, 0) end
+      if not ok then
+        release(self, item)
+        error(res, 0)
+      end
       for k, i in ipairs(map) do results[i] = res[k] end
       if res.callback_error ~= nil and results.callback_error == nil then
         results.callback_error = res.callback_error
       end
+      if not stalled or broken(conn) then
+        release(self, item)
+        item = nil
+      end
     end
   end
+  if item then release(self, item) end
 end
 
 -- pool:send_all(list_or_iterator [, opts]) -> { receipt or {error = err}, ... }
