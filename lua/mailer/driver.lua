@@ -801,8 +801,10 @@ end
 
 -- The event loop the caller runs in, when it can wait for our sockets:
 -- "cqueues" (a coroutine a controller runs), "copas" (a coroutine, with
--- copas loaded), or nil. Only loops already loaded are asked.
+-- copas loaded), or nil. Only loops already loaded are asked; none on PUC
+-- Lua 5.1, which cannot yield across the pcalls here.
 local function running_loop()
+  if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then return nil end
   local cq = package.loaded.cqueues
   if type(cq) == "table" and cq.running then
     local controller, direct = cq.running()
@@ -831,9 +833,9 @@ function M.socket(choice)
   end
   if choice == "copas" or choice == "cqueues" then
     local loop = require("mailer.socket." .. choice)
-    if not loop.available() then
-      return nil, new_error("unsupported", ("socket = %q: %s cannot be loaded (Debian: lua-%s)")
-        :format(choice, choice, choice))
+    local usable, why = loop.available()
+    if not usable then
+      return nil, new_error("unsupported", ("socket = %q: %s"):format(choice, why))
     end
     if not loop.inside() then
       return nil, new_error("unsupported", choice == "copas"

@@ -99,9 +99,10 @@ local function choose(socket)
   end
   if socket == "nginx" then return nginx_runtime() end
   if socket == "copas" or socket == "cqueues" then
-    if not require("mailer.socket." .. socket).available() then
+    local usable, why = require("mailer.socket." .. socket).available()
+    if not usable then
       return nil, core.error { kind = "unsupported", field = "socket",
-        message = ("socket = %q: %s cannot be loaded (Debian: lua-%s)"):format(socket, socket, socket) }
+        message = ("socket = %q: %s"):format(socket, why) }
     end
     return loop_runtime(socket)
   end

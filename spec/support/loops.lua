@@ -2,6 +2,7 @@
 --
 --   local loops = require "support.loops"
 --   for _, L in ipairs(loops.list()) do   -- { name=, lib=, why= } for copas and cqueues
+--                                          -- (lib: nil where mailer cannot use the loop)
 --     if not L.lib then pending(L.name .. ": " .. L.why) end
 --     L.run(fn)          -- run fn in a task of the loop until every task is done;
 --     L.spawn(fn)        -- (from a task) start another task
@@ -83,6 +84,10 @@ end
 function M.list()
   local out = {}
   local copas, why = M.copas()
+  if copas then   -- installed, but can mailer use it here?
+    local usable, reason = require("mailer.socket.copas").available()
+    if not usable then copas, why = nil, reason end
+  end
   local c = { name = "copas", lib = copas, why = why }
   if copas then
     local t = copas_tasks(copas)
@@ -91,6 +96,10 @@ function M.list()
   end
   out[#out + 1] = c
   local cqueues, why2 = M.cqueues()
+  if cqueues then
+    local usable, reason = require("mailer.socket.cqueues").available()
+    if not usable then cqueues, why2 = nil, reason end
+  end
   local q = { name = "cqueues", lib = cqueues, why = why2 }
   if cqueues then
     function q.run(fn) cqueues_run(cqueues, fn) end

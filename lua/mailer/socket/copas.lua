@@ -30,8 +30,8 @@ local function copas()
   return lib or nil
 end
 
--- Can copas be loaded?
-function M.available() return copas() ~= nil end
+-- Can copas be used here? true, or false and why not.
+function M.available() return loop.usable("copas", copas() ~= nil) end
 
 -- Is the caller a coroutine copas can resume (a copas thread)? copas 1.x
 -- cannot tell its threads from others: any coroutine counts once copas is

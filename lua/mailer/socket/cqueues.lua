@@ -23,8 +23,8 @@ local function cqueues()
   return lib or nil
 end
 
--- Can cqueues be loaded?
-function M.available() return cqueues() ~= nil end
+-- Can cqueues be used here? true, or false and why not.
+function M.available() return loop.usable("cqueues", cqueues() ~= nil) end
 
 -- Is the caller a coroutine that a cqueues controller runs (so that
 -- cqueues.poll yields to it)?

@@ -21,6 +21,23 @@ local SLICE = 0.004
 
 local M = { SLICE = SLICE }
 
+-- PUC Lua 5.1 cannot yield across pcall, and the driver calls the socket
+-- (sslhandshake, for one) and the callbacks under pcall: a task there
+-- could not wait.
+local yield_across_pcall = _VERSION ~= "Lua 5.1" or rawget(_G, "jit") ~= nil
+
+-- May the loop called name be used (loaded: could its module be loaded)?
+-- true, or false and why not.
+function M.usable(name, loaded)
+  if not yield_across_pcall then
+    return false, "PUC Lua 5.1 cannot yield across pcall (use Lua 5.2 or later, or LuaJIT)"
+  end
+  if not loaded then
+    return false, ("%s cannot be loaded (Debian: lua-%s)"):format(name, name)
+  end
+  return true
+end
+
 local Sock = {}
 Sock.__index = Sock
 Sock.__name = "mailer.LoopSocket"
