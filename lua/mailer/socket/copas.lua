@@ -144,6 +144,16 @@ function adapter.wait(sock, ev, dl)
   w:wait(sock.c:getfd(), ev, dl)
 end
 
+-- The socket closed: its waker's descriptors go now, not when the
+-- collector gets to them (a pool opens and closes many connections).
+function adapter.done(sock)
+  local w = sock.waker
+  if w and w.waiter then
+    sock.waker = nil
+    w.waiter:close()
+  end
+end
+
 function adapter.pause(sock)
   local w = sock.waker or my_waker()
   w:wait(nil, nil, now())

@@ -51,6 +51,7 @@ end
 --   wait(sock, ev, dl)     wait until sock:getfd() is ready for ev ("r" or
 --                          "w") or the monotonic time dl passes
 --   pause(sock)            let the loop's other tasks run, come back soon
+--   done(sock)             (optional) the socket closed: free what wait kept
 -- The C socket closes its descriptor itself when a step fails, so wait
 -- must leave no trace of the descriptor in the loop when it returns.
 function M.new(loop)
@@ -58,7 +59,10 @@ function M.new(loop)
                         tmo = { 30000, 30000, 30000 }, mark = now() }, Sock)
 end
 
-local function shut(self) self.c:close() end
+local function shut(self)
+  self.c:close()
+  if self.loop.done then self.loop.done(self) end
+end
 
 -- After work that did not wait: let the other tasks run when this one has
 -- had its slice.
