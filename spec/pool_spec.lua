@@ -284,6 +284,28 @@ describe("mailer.pool", function()
         assert_all_sent(results, 30)
         assert.is_true(ticks >= 20, "the other task ran " .. ticks .. " times")
       end)
+
+      it("shares size connections among tasks that call pool:send at once", function()
+        local s = servers.aiosmtpd { greeting_delay = 0.1 }
+        finally(function() s:stop() end)
+        local L = R.loop
+        local results = {}
+        L.run(function()
+          local pool = assert(mailer.pool { host = s.host, port = s.port, security = "none", size = 2 })
+          local left = 10
+          for i = 1, 10 do
+            L.spawn(function()
+              local r, err = pool:send(message("share-" .. R.name, i))
+              results[i] = r or { error = err }
+              left = left - 1
+            end)
+          end
+          while left > 0 do L.sleep(0.01) end
+          pool:close()
+        end)
+        assert_all_sent(results, 10)
+        assert.are.equal(2, s:connections())
+      end)
     end
   end)
   end
