@@ -215,7 +215,8 @@ describe("mailer.pool", function()
     end)
 
     for _, variant in ipairs { { name = "with a 421", reply = "421 4.4.2 mx.test.example Idle timeout, closing connection" },
-                               { name = "without a word" } } do
+                               { name = "without a word", only = "c" } } do
+      if variant.only and variant.only ~= R.name then break end
       it("replaces a connection the server closed while it idled (" .. variant.name .. ")", function()
         local s = servers.aiosmtpd { idle_timeout = 0.2, idle_reply = variant.reply }
         finally(function() s:stop() end)
