@@ -799,20 +799,16 @@ function M.connect(c, kind, sock)
   return self
 end
 
--- The event loop the caller runs in, when it can wait for our sockets:
--- "cqueues" (a coroutine a controller runs), "copas" (a coroutine, with
--- copas loaded), or nil. Only loops already loaded are asked; none on PUC
--- Lua 5.1, which cannot yield across the pcalls here.
+-- The event loop the caller runs in, when mailer can wait in it: "cqueues"
+-- (a coroutine a controller runs) or "copas" (a coroutine, with copas
+-- loaded), else nil. Only loops already loaded are asked (mailer.socket.*
+-- says what counts as inside, and whether the loop is usable here).
 local function running_loop()
-  if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then return nil end
-  local cq = package.loaded.cqueues
-  if type(cq) == "table" and cq.running then
-    local controller, direct = cq.running()
-    if controller ~= nil and direct == true then return "cqueues" end
-  end
-  if package.loaded.copas then
-    local co, main = coroutine.running()
-    if co ~= nil and not main then return "copas" end
+  for _, name in ipairs { "cqueues", "copas" } do
+    if package.loaded[name] then
+      local loop = require("mailer.socket." .. name)
+      if loop.inside() and loop.available() then return name end
+    end
   end
 end
 M.running_loop = running_loop
