@@ -68,6 +68,7 @@ describe("mailer.pool", function()
     assert.has_error(function() mailer.pool() end)
     assert.has_error(function() mailer.pool { host = "h", size = "4" } end)
     assert.has_error(function() mailer.pool { host = "h", rate = 10 } end)
+    assert.has_error(function() mailer.pool { host = "h", rate = { messages = "10" } } end)
     assert.has_error(function() mailer.pool { host = "h", socket = {} } end)
     local p, err = mailer.pool { host = "h", size = 0 }
     assert.is_nil(p)

@@ -147,6 +147,12 @@ function M.new(opts)
   if opts.rate ~= nil and type(opts.rate) ~= "table" then
     error("bad argument #1 to 'pool' (rate: table expected, got " .. type(opts.rate) .. ")", 3)
   end
+  for _, k in ipairs { "messages", "per" } do
+    local v = opts.rate and opts.rate[k]
+    if v ~= nil and type(v) ~= "number" then
+      error(("bad argument #1 to 'pool' (rate.%s: number expected, got %s)"):format(k, type(v)), 3)
+    end
+  end
   if type(opts.host) ~= "string" then
     error("bad argument #1 to 'pool' (host: string expected, got " .. type(opts.host) .. ")", 3)
   end
@@ -162,7 +168,7 @@ function M.new(opts)
   if opts.rate then
     local m, per = opts.rate.messages, opts.rate.per or 1
     if not is_count(m) then return input_error("rate.messages", "expected a whole number, 1 or more") end
-    if type(per) ~= "number" or not (per > 0) then
+    if not (per > 0) then
       return input_error("rate.per", "expected a positive number of seconds")
     end
     rate = { messages = m, per = per }
