@@ -33,7 +33,12 @@ function M.usable(name, loaded)
     return false, "PUC Lua 5.1 cannot yield across pcall (use Lua 5.2 or later, or LuaJIT)"
   end
   if not loaded then
-    return false, ("%s cannot be loaded (Debian: lua-%s)"):format(name, name)
+    local hint = ""
+    if name == "copas" and (_VERSION == "Lua 5.3" or _VERSION == "Lua 5.4") then
+      -- Debian's lua-copas puts its Lua files where 5.1 and 5.2 look only
+      hint = "; Debian installs it for Lua 5.1 and 5.2: add /usr/share/lua/5.2/?.lua to package.path"
+    end
+    return false, ("%s cannot be loaded (Debian: lua-%s%s)"):format(name, name, hint)
   end
   return true
 end
