@@ -8,12 +8,16 @@
  * "input"). receive() puts the partial data before the kind. Misuse (bad
  * argument types) raises. The read buffer lives in the userdata, so
  * nothing malloc'd is held across a call that can raise. */
+#include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "lmailer.h"
 #include "transport.h"
+#include "waiter.h"
 
 #define SOCK_MT "mailer.Socket"
+#define WAITER_MT "mailer.Waiter"
 #define RBUF_SIZE 16384
 #define DEFAULT_TIMEOUT 30000     /* ms, as lua_socket_*_timeout in nginx */
 #define MAX_TIMEOUT_MS 2073600000 /* 24 days: far from int and poll() overflow */
@@ -437,6 +441,145 @@ static int l_receive(lua_State *L)
     return 1;
 }
 
+/* ---- steps that never wait (for event-loop adapters) ----
+ * Each does what it can at once; "wantread" / "wantwrite" say what to
+ * wait for (poll sock:getfd()) before calling again. */
+
+/* Push nil, "wantread" or "wantwrite"; 2. */
+static int push_want(lua_State *L, int want)
+{
+    lua_pushnil(L);
+    if (want == MLR_SOCK_WANT_READ)
+        lua_pushliteral(L, "wantread");
+    else
+        lua_pushliteral(L, "wantwrite");
+    return 2;
+}
+
+/* sock:tryconnect(host, port) -> 1 | nil, "wantwrite" | nil, msg, kind.
+ * The first call starts (resolving host may block); later calls finish
+ * the same connection (host and port are then not used again). */
+static int l_tryconnect(lua_State *L)
+{
+    lsock *ls = check_sock(L);
+    const char *host = check_name(L, 2, 0);
+    lua_Number port = luaL_checknumber(L, 3);
+    char err[400];
+    int rc;
+    if (!(port >= 1 && port <= 65535) || port != (lua_Number)(unsigned)port)
+        return luaL_argerror(L, 3, "port out of range");
+    ls->rpos = ls->rlen = 0;
+    rc = mlr_sock_connect_step(ensure_sock(L, ls), host, (unsigned)port, err, sizeof err);
+    if (rc > 0)
+        return push_want(L, rc);
+    if (rc)
+        return push_fail(L, rc, err);
+    lua_pushinteger(L, 1);
+    return 1;
+}
+
+/* sock:tryhandshake(servername, verify) -> true | nil, "wantread" |
+ * "wantwrite" | nil, msg, kind. As sslhandshake, one step at a time. */
+static int l_tryhandshake(lua_State *L)
+{
+    lsock *ls = check_sock(L);
+    const char *name = check_name(L, 2, 1);
+    char err[400];
+    int rc, verify = 0;
+    mlr_sock *s;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TBOOLEAN);
+        verify = lua_toboolean(L, 3);
+    }
+    if (!(s = open_sock(ls)))
+        return push_closed(L);
+    if (ls->rpos < ls->rlen) { /* bytes after the STARTTLS reply: injected plaintext */
+        lua_pushnil(L);
+        lua_pushfstring(L, "TLS handshake refused: %d bytes of plaintext arrived before it",
+                        (int)(ls->rlen - ls->rpos));
+        lua_pushliteral(L, "tls");
+        mlr_sock_close(s);
+        ls->rpos = ls->rlen = 0;
+        return 3;
+    }
+    rc = mlr_sock_handshake_step(s, name, verify, err, sizeof err);
+    if (rc > 0)
+        return push_want(L, rc);
+    if (rc)
+        return push_fail(L, rc, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sock:trysend(data [, i]) -> j [, want] | nil, msg, kind: writes what the
+ * socket takes now of data from byte i (default 1); j is the index of the
+ * last byte written (i - 1 when none), and want ("wantwrite" or
+ * "wantread") is there when j < #data. An error closes the socket. */
+static int l_trysend(lua_State *L)
+{
+    lsock *ls = check_sock(L);
+    size_t len, done = 0;
+    const char *p = luaL_checklstring(L, 2, &len);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    char err[400];
+    mlr_sock *s;
+    if (i < 1 || (size_t)(i - 1) > len)
+        return luaL_argerror(L, 3, "index out of range");
+    if (!(s = open_sock(ls)))
+        return push_closed(L);
+    while ((size_t)(i - 1) + done < len) {
+        int want;
+        long r = mlr_sock_write_some(s, p + (i - 1) + done, len - (size_t)(i - 1) - done, &want,
+                                     err, sizeof err);
+        if (r < 0)
+            return push_fail(L, (int)r, err);
+        if (r == 0) {
+            lua_pushinteger(L, i - 1 + (lua_Integer)done);
+            lua_pushstring(L, want == MLR_SOCK_WANT_READ ? "wantread" : "wantwrite");
+            return 2;
+        }
+        done += (size_t)r;
+    }
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
+}
+
+/* sock:tryreceive(max) -> data | nil, "wantread" | "wantwrite" | nil,
+ * "closed", "network" | nil, msg, kind: what has arrived, at most max
+ * bytes (and one buffer). */
+static int l_tryreceive(lua_State *L)
+{
+    lsock *ls = check_sock(L);
+    lua_Number max = luaL_checknumber(L, 2);
+    size_t want;
+    char err[400];
+    if (!(max >= 1))
+        return luaL_argerror(L, 2, "bad max argument");
+    want = max > RBUF_SIZE ? RBUF_SIZE : (size_t)max;
+    if (ls->rpos == ls->rlen) {
+        int w;
+        long r;
+        ls->rpos = ls->rlen = 0;
+        if (!open_sock(ls))
+            return push_closed(L);
+        r = mlr_sock_read_some(ls->s, ls->rbuf, sizeof ls->rbuf, &w, err, sizeof err);
+        if (r < 0)
+            return push_fail(L, (int)r, err);
+        if (r == 0 && w)
+            return push_want(L, w);
+        if (r == 0) {
+            sock_release(ls); /* the peer closed: so do we, as cosockets do */
+            return push_closed(L);
+        }
+        ls->rlen = (size_t)r;
+    }
+    if (want > ls->rlen - ls->rpos)
+        want = ls->rlen - ls->rpos;
+    lua_pushlstring(L, ls->rbuf + ls->rpos, want);
+    ls->rpos += want;
+    return 1;
+}
+
 /* sock:close() -> 1 (idempotent). Timeouts stay; settls is forgotten. */
 static int l_close(lua_State *L)
 {
@@ -496,6 +639,101 @@ static const luaL_Reg sock_methods[] = {
     {"close", l_close},
     {"getfd", l_getfd},
     {"setkeepalive", l_setkeepalive},
+    {"tryconnect", l_tryconnect},
+    {"tryhandshake", l_tryhandshake},
+    {"trysend", l_trysend},
+    {"tryreceive", l_tryreceive},
+    {NULL, NULL},
+};
+
+/* ---- mailer.Waiter: a descriptor for loops without timers (waiter.h) ---- */
+
+/* The waiter userdata at index 1 (raises when it is not one). */
+static mlr_waiter *check_waiter(lua_State *L)
+{
+    return luaL_checkudata(L, 1, WAITER_MT);
+}
+
+/* core.waiter() -> a mailer.Waiter | nil, msg, kind ("unsupported" where
+ * there is no epoll and timerfd). */
+static int l_waiter(lua_State *L)
+{
+    mlr_waiter *w = lua_newuserdatauv(L, sizeof *w, 0);
+    char err[200];
+    int rc;
+    w->ep = w->tfd = w->fd = -1;
+    w->events = 0;
+    luaL_getmetatable(L, WAITER_MT);
+    lua_setmetatable(L, -2);
+    rc = mlr_waiter_open(w, err, sizeof err);
+    if (rc)
+        return push_fail(L, rc, err);
+    return 1;
+}
+
+/* w:arm(fd | nil, "r" | "w" | nil, seconds | nil) -> true | nil, msg, kind:
+ * readable once fd is ready for that, or seconds from now (nil: never). */
+static int l_waiter_arm(lua_State *L)
+{
+    mlr_waiter *w = check_waiter(L);
+    int fd = (int)luaL_optinteger(L, 2, -1);
+    const char *ev = luaL_optstring(L, 3, "r");
+    int64_t deadline = -1;
+    char err[200];
+    int rc;
+    if (!lua_isnoneornil(L, 4)) {
+        lua_Number sec = luaL_checknumber(L, 4);
+        if (sec != sec)
+            return luaL_argerror(L, 4, "bad timeout value");
+        if (sec < 0)
+            sec = 0;
+        if (sec > 2073600.0)   /* 24 days */
+            sec = 2073600.0;
+        deadline = mlr_clock_ms() + (int64_t)(sec * 1000.0 + 0.5);
+    }
+    rc = mlr_waiter_arm(w, fd, ev[0] == 'w' ? MLR_WAIT_WRITE : MLR_WAIT_READ, deadline, err,
+                        sizeof err);
+    if (rc)
+        return push_fail(L, rc, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* w:getfd() -> the descriptor (readable when fired), -1 when closed. */
+static int l_waiter_getfd(lua_State *L)
+{
+    lua_pushinteger(L, mlr_waiter_fd(check_waiter(L)));
+    return 1;
+}
+
+/* w:close(), __gc, __close: close the descriptors (idempotent). */
+static int l_waiter_close(lua_State *L)
+{
+    mlr_waiter_close(check_waiter(L));
+    return 0;
+}
+
+/* core.sleep(seconds): block the whole process that long (for the
+ * pool's rate limit where no event loop runs). */
+static int l_sleep(lua_State *L)
+{
+    lua_Number sec = luaL_checknumber(L, 1);
+    struct timespec ts;
+    if (!(sec > 0))
+        return 0;
+    if (sec > 2073600.0)
+        sec = 2073600.0;
+    ts.tv_sec = (time_t)sec;
+    ts.tv_nsec = (long)((sec - (lua_Number)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
+static const luaL_Reg waiter_methods[] = {
+    {"arm", l_waiter_arm},
+    {"getfd", l_waiter_getfd},
+    {"close", l_waiter_close},
     {NULL, NULL},
 };
 
@@ -513,4 +751,16 @@ void mlr_open_socket(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_socket);
     lua_setfield(L, -2, "socket");
+    luaL_newmetatable(L, WAITER_MT);
+    lua_pushcfunction(L, l_waiter_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_waiter_close);
+    lua_setfield(L, -2, "__close");
+    luaL_newlib(L, waiter_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_waiter);
+    lua_setfield(L, -2, "waiter");
+    lua_pushcfunction(L, l_sleep);
+    lua_setfield(L, -2, "sleep");
 }

@@ -55,6 +55,11 @@ struct mlr_sock {
     const mlr_alloc *a;
     wire w;
     int connect_ms, send_ms, read_ms;
+    /* a connection being made without waiting (mlr_sock_connect_step) */
+    struct addrinfo *ai_list, *ai_next; /* the addresses; those still to try */
+    int connecting;
+    int last_errno;                      /* why the last address failed */
+    char last_addr[INET6_ADDRSTRLEN + 2];
 };
 
 /* Where an error message goes, and whether the failure is temporary. */
@@ -366,32 +371,43 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
+/* One step of the TLS handshake: MLR_OK, MLR_SOCK_WANT_READ / _WRITE, or
+ * an error. */
+static int tls_step(wire *w, xerr *x)
+{
+    int r, e, rc;
+    if (!w->ssl && (rc = tls_setup(w, x)))
+        return rc;
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_connect(w->ssl);
+    if (r == 1) {
+        w->tls_up = 1;
+        return MLR_OK;
+    }
+    e = SSL_get_error(w->ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+        return MLR_SOCK_WANT_READ;
+    if (e == SSL_ERROR_WANT_WRITE)
+        return MLR_SOCK_WANT_WRITE;
+    w->tls_dead = 1;
+    if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+        return fail(x, MLR_ERR_TLS, 1, "TLS handshake with %s:%u failed: %s", w->host, w->port,
+                    errno ? strerror(errno) : "connection closed by the server");
+    return tls_fail(w, x, "handshake");
+}
+
 /* The TLS handshake, non-blocking, until deadline (seconds: for messages). */
 static int tls_handshake(wire *w, int64_t deadline, double seconds, xerr *x)
 {
-    int rc;
-    if (!w->ssl && (rc = tls_setup(w, x)))
-        return rc;
     for (;;) {
-        int r, e, k;
-        ERR_clear_error();
-        r = SSL_connect(w->ssl);
-        if (r == 1) {
-            w->tls_up = 1;
-            return MLR_OK;
-        }
-        e = SSL_get_error(w->ssl, r);
-        if (e == SSL_ERROR_WANT_READ) {
+        int k, rc = tls_step(w, x);
+        if (rc == MLR_SOCK_WANT_READ)
             k = wait_fd(w->fd, POLLIN, deadline);
-        } else if (e == SSL_ERROR_WANT_WRITE) {
+        else if (rc == MLR_SOCK_WANT_WRITE)
             k = wait_fd(w->fd, POLLOUT, deadline);
-        } else {
-            w->tls_dead = 1;
-            if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-                return fail(x, MLR_ERR_TLS, 1, "TLS handshake with %s:%u failed: %s", w->host,
-                            w->port, errno ? strerror(errno) : "connection closed by the server");
-            return tls_fail(w, x, "handshake");
-        }
+        else
+            return rc;
         if (k == 0)
             return fail(x, MLR_ERR_TIMEOUT, 1, "timeout during the TLS handshake (%g s)", seconds);
         if (k < 0)
@@ -399,11 +415,12 @@ static int tls_handshake(wire *w, int64_t deadline, double seconds, xerr *x)
     }
 }
 
-/* Connect one address with a deadline; the socket or -1 (errno set). */
-static int connect_one(const struct addrinfo *ai, int64_t deadline)
+/* Start connecting one address: the socket, connected or (*pending set)
+ * on its way, or -1 (errno set). */
+static int start_one(const struct addrinfo *ai, int *pending)
 {
-    int fd, one = 1, err = 0, w;
-    socklen_t el = sizeof err;
+    int fd, one = 1, err;
+    *pending = 0;
     fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
     if (fd < 0)
         return -1;
@@ -415,25 +432,55 @@ static int connect_one(const struct addrinfo *ai, int64_t deadline)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
         return fd;
-    if (errno != EINPROGRESS && errno != EINTR) {
-        err = errno;
-        close(fd);
+    if (errno == EINPROGRESS || errno == EINTR) {
+        *pending = 1;
+        return fd;
+    }
+    err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+}
+
+/* The outcome of a connection in progress that poll found writable: 0, or
+ * -1 with errno set. */
+static int connect_result(int fd)
+{
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        return -1;
+    if (err) {
         errno = err;
         return -1;
     }
+    return 0;
+}
+
+/* Connect one address with a deadline; the socket or -1 (errno set). */
+static int connect_one(const struct addrinfo *ai, int64_t deadline)
+{
+    int fd, err, w, pending;
+    fd = start_one(ai, &pending);
+    if (fd < 0 || !pending)
+        return fd;
     w = wait_fd(fd, POLLOUT, deadline);
-    if (w <= 0) {
-        err = w == 0 ? ETIMEDOUT : errno;
+    if (w <= 0 || connect_result(fd) < 0) {
+        err = w == 0 ? ETIMEDOUT : errno ? errno : EIO;
         close(fd);
         errno = err;
-        return -1;
-    }
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
-        close(fd);
-        errno = err ? err : EIO;
         return -1;
     }
     return fd;
+}
+
+/* The numeric address of ai into buf (for messages). */
+static void addr_text(const struct addrinfo *ai, char *buf, size_t cap)
+{
+    if (ai->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, buf, (socklen_t)cap);
+    else if (ai->ai_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, buf, (socklen_t)cap);
 }
 
 /* Resolve host and connect to the first address that answers, within
@@ -465,11 +512,7 @@ static int wire_connect(wire *w, const char *host, unsigned port, int64_t timeou
         if (w->fd >= 0)
             break;
         err = errno;
-        if (ai->ai_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, addr, sizeof addr);
-        else if (ai->ai_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, addr,
-                      sizeof addr);
+        addr_text(ai, addr, sizeof addr);
     }
     freeaddrinfo(res);
     if (w->fd < 0) {
@@ -596,16 +639,29 @@ mlr_sock *mlr_sock_new(const mlr_alloc *a)
     return s;
 }
 
+/* Forget a connection that was being made without waiting. */
+static void connect_abort(mlr_sock *s)
+{
+    if (s->ai_list) {
+        freeaddrinfo(s->ai_list);
+        s->ai_list = s->ai_next = NULL;
+    }
+    s->connecting = 0;
+}
+
 void mlr_sock_close(mlr_sock *s)
 {
-    if (s)
+    if (s) {
+        connect_abort(s);
         wire_close(&s->w, 1);
+    }
 }
 
 void mlr_sock_free(mlr_sock *s)
 {
     if (!s)
         return;
+    connect_abort(s);
     wire_close(&s->w, 1);
     wire_drop_ctx(&s->w);
     mlr_free(s->a, s, sizeof *s);
@@ -655,6 +711,7 @@ int mlr_sock_connect(mlr_sock *s, const char *host, unsigned port, int timeout_m
     xerr x;
     int ms = timeout_ms < 0 ? s->connect_ms : timeout_ms;
     xerr_init(&x, err, errlen, spare);
+    connect_abort(s);
     s->w.servername[0] = '\0';
     return wire_connect(&s->w, host, port, ms, 0, ms / 1000.0, &x);
 }
@@ -790,4 +847,169 @@ long mlr_sock_read(mlr_sock *s, void *buf, size_t cap, int timeout_ms, char *err
         if (k < 0)
             return fail(&x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
     }
+}
+
+/* ---- steps that never wait ---- */
+
+/* Start on the next address still to try: MLR_OK (connected at once),
+ * MLR_SOCK_WANT_WRITE, or the error of the last address when none is
+ * left. */
+static int connect_next(mlr_sock *s, xerr *x)
+{
+    wire *w = &s->w;
+    while (s->ai_next) {
+        const struct addrinfo *ai = s->ai_next;
+        int pending;
+        s->ai_next = ai->ai_next;
+        addr_text(ai, s->last_addr, sizeof s->last_addr);   /* the one tried last, for messages */
+        w->fd = start_one(ai, &pending);
+        if (w->fd >= 0)
+            return pending ? MLR_SOCK_WANT_WRITE : MLR_OK;
+        s->last_errno = errno;
+    }
+    return fail(x, MLR_ERR_NETWORK, 1, "cannot connect to %s port %u%s%s%s: %s", w->host,
+                w->port, s->last_addr[0] ? " (" : "", s->last_addr, s->last_addr[0] ? ")" : "",
+                strerror(s->last_errno ? s->last_errno : ECONNREFUSED));
+}
+
+int mlr_sock_connect_step(mlr_sock *s, const char *host, unsigned port, char *err,
+                          size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    wire *w = &s->w;
+    int rc;
+    xerr_init(&x, err, errlen, spare);
+    if (!s->connecting) {
+        struct addrinfo hints;
+        char portstr[16];
+        wire_close(w, 1);
+        w->servername[0] = '\0';
+        if (!host || strlen(host) >= sizeof w->host)
+            return fail(&x, MLR_ERR_INPUT, 0, "host name too long");
+        snprintf(w->host, sizeof w->host, "%s", host);
+        w->port = port;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        snprintf(portstr, sizeof portstr, "%u", port);
+        rc = getaddrinfo(host, portstr, &hints, &s->ai_list);
+        if (rc) {
+            s->ai_list = NULL;
+            return fail(&x, MLR_ERR_NETWORK, 1, "cannot resolve %s: %s", host, gai_strerror(rc));
+        }
+        s->ai_next = s->ai_list;
+        s->connecting = 1;
+        s->last_errno = 0;
+        s->last_addr[0] = '\0';
+        rc = connect_next(s, &x);
+    } else {
+        struct pollfd p;
+        p.fd = w->fd;
+        p.events = POLLOUT;
+        p.revents = 0;
+        if (w->fd >= 0 && poll(&p, 1, 0) == 0)
+            return MLR_SOCK_WANT_WRITE;   /* woken early: still on its way */
+        if (w->fd >= 0 && connect_result(w->fd) == 0) {
+            rc = MLR_OK;
+        } else {
+            s->last_errno = errno ? errno : EIO;
+            if (w->fd >= 0) {
+                close(w->fd);
+                w->fd = -1;
+            }
+            rc = connect_next(s, &x);
+        }
+    }
+    if (rc != MLR_SOCK_WANT_WRITE)
+        connect_abort(s);
+    return rc;
+}
+
+int mlr_sock_handshake_step(mlr_sock *s, const char *servername, int verify, char *err,
+                            size_t errlen)
+{
+    char spare[1];
+    xerr x;
+    int rc;
+    wire *w = &s->w;
+    xerr_init(&x, err, errlen, spare);
+    if (w->fd < 0 || s->connecting)
+        return sock_closed(&x);
+    if (w->tls_up)
+        return fail(&x, MLR_ERR_TLS, 0, "TLS is already active on this connection");
+    if (!w->ssl) {   /* the first step: as mlr_sock_handshake sets it up */
+        if (servername && strlen(servername) >= sizeof w->servername)
+            return fail(&x, MLR_ERR_INPUT, 0, "server name too long");
+        snprintf(w->servername, sizeof w->servername, "%s", servername ? servername : "");
+        w->verify = verify != 0;
+        if (!w->ctx) {
+            static const mlr_tls_opts none;
+            if ((rc = mlr_sock_set_tls(s, &none, x.msg, x.cap)))
+                goto failed;
+        }
+        if (w->verify && !w->ca_loaded && (rc = ca_default(w, &x)))
+            goto failed;
+    }
+    rc = tls_step(w, &x);
+    if (rc >= 0)
+        return rc;
+failed:
+    wire_close(w, 0);
+    return rc;
+}
+
+long mlr_sock_write_some(mlr_sock *s, const void *p, size_t n, int *want, char *err,
+                         size_t errlen)
+{
+    char spare[1], why[400];
+    xerr x;
+    int want_read;
+    long r;
+    wire *w = &s->w;
+    xerr_init(&x, err, errlen, spare);
+    *want = 0;
+    if (w->fd < 0 || s->connecting)
+        return sock_closed(&x);
+    if (n == 0)
+        return 0;
+    r = wire_write_some(w, p, n, &want_read, why, sizeof why);
+    if (r > 0)
+        return r;
+    if (r == 0) {
+        *want = want_read ? MLR_SOCK_WANT_READ : MLR_SOCK_WANT_WRITE;
+        return 0;
+    }
+    fail(&x, MLR_ERR_NETWORK, 1, "connection to %s port %u lost while sending: %s", w->host,
+         w->port, why);
+    w->tls_dead = 1;
+    wire_close(w, 0);
+    return MLR_ERR_NETWORK;
+}
+
+long mlr_sock_read_some(mlr_sock *s, void *buf, size_t cap, int *want, char *err,
+                        size_t errlen)
+{
+    char spare[1], why[400];
+    xerr x;
+    int want_write;
+    long r;
+    wire *w = &s->w;
+    xerr_init(&x, err, errlen, spare);
+    *want = 0;
+    if (w->fd < 0 || s->connecting)
+        return sock_closed(&x);
+    if (cap == 0)
+        return fail(&x, MLR_ERR_INPUT, 0, "no room to read into");
+    r = wire_read_some(w, buf, cap, &want_write, why, sizeof why);
+    if (r >= 0)
+        return r;
+    if (r == -2) {
+        *want = want_write ? MLR_SOCK_WANT_WRITE : MLR_SOCK_WANT_READ;
+        return 0;
+    }
+    fail(&x, MLR_ERR_NETWORK, 1, "connection to %s port %u lost while receiving: %s", w->host,
+         w->port, why);
+    wire_close(w, 0);
+    return MLR_ERR_NETWORK;
 }

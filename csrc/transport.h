@@ -100,4 +100,37 @@ int mlr_sock_writev(mlr_sock *s, const mlr_iov *v, size_t nv, int timeout_ms, ch
  * negative error (MLR_ERR_TIMEOUT when nothing arrived in time). */
 long mlr_sock_read(mlr_sock *s, void *buf, size_t cap, int timeout_ms, char *err, size_t errlen);
 
+/* ---- steps that never wait, for event loops ----
+ *
+ * The same socket driven by someone else's poll (copas, cqueues): each
+ * call does what it can at once and says what it waits for. Besides the
+ * errors above they return MLR_SOCK_WANT_READ or MLR_SOCK_WANT_WRITE
+ * (positive): wait until the descriptor (mlr_sock_fd) is readable or
+ * writable, then call again. Deadlines are the caller's. */
+#define MLR_SOCK_WANT_READ 1
+#define MLR_SOCK_WANT_WRITE 2
+
+/* Connect without waiting: the first call (nothing in progress) resolves
+ * host (getaddrinfo, which may block) and starts a connection; later calls
+ * finish it, moving on to the next address when one fails (host and port
+ * are then ignored). MLR_OK when connected, MLR_SOCK_WANT_WRITE, or an
+ * error (nothing left to try). mlr_sock_close abandons an attempt. */
+int mlr_sock_connect_step(mlr_sock *s, const char *host, unsigned port, char *err,
+                          size_t errlen);
+/* One step of the TLS handshake (the first call sets it up as
+ * mlr_sock_handshake does): MLR_OK when done, a want, or an error (the
+ * socket is then closed). */
+int mlr_sock_handshake_step(mlr_sock *s, const char *servername, int verify, char *err,
+                            size_t errlen);
+/* Write what the socket takes now: the count (> 0), 0 with *want set when
+ * it takes nothing, or an error (the stream is broken: closed). After a
+ * TLS write that wanted something, call again with the same bytes first. */
+long mlr_sock_write_some(mlr_sock *s, const void *p, size_t n, int *want, char *err,
+                         size_t errlen);
+/* Read what has arrived: the count (> 0); 0 with *want set when nothing
+ * is there yet, 0 with *want clear when the peer closed; or an error (the
+ * socket is then closed). */
+long mlr_sock_read_some(mlr_sock *s, void *buf, size_t cap, int *want, char *err,
+                        size_t errlen);
+
 #endif

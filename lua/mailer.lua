@@ -553,6 +553,11 @@ function M.queue(opts)
   return require("mailer.queue").new(opts)
 end
 
+-- mailer.pool(opts) -> pool | nil, err (see mailer.pool)
+function M.pool(opts)
+  return require("mailer.pool").new(opts)
+end
+
 -- mailer.send(message_table_or_msg, server [, opts]) -> receipt | nil, err
 -- server = { outbox = "dir" } writes an .eml file instead of sending.
 function M.send(msg, server, opts)

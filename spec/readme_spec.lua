@@ -3,16 +3,22 @@
 -- documentation cannot rot. Examples that talk to smtp.example.com:587 are
 -- pointed at a local aiosmtpd (STARTTLS with a throwaway CA, AUTH for
 -- alice/secret, nobody@example.com refused); blocks marked ```lua norun
--- need a real provider and are only compiled.
+-- need a real provider and are only compiled, and blocks marked ```lua copas
+-- run where mailer can use copas (compiled elsewhere).
 local servers = require "support.servers"
 local compat = require "support.compat"
+local loops = require "support.loops"
 local function blocks()
   local f = assert(io.open("README.md"))
   local text = f:read("*a")
   f:close()
   local out = {}
   for tag, code in text:gmatch("```lua([^\n]*)\n(.-)```") do
-    out[#out + 1] = { code = code, run = not tag:find("norun") }
+    local run = not tag:find("norun")
+    if tag:find("copas") then
+      run = loops.copas() ~= nil and require("mailer.socket.copas").available() == true
+    end
+    out[#out + 1] = { code = code, run = run }
   end
   return out
 end

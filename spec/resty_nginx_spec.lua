@@ -279,6 +279,39 @@ describe_nginx("the cosocket driver in nginx", function()
     assert.matches("NOOP", h:received(1))
   end)
 
+  it("runs a pool's send_all on ngx.threads: 4 connections at once, results in order", function()
+    -- every connection waits 0.6 s for its greeting: one after the other
+    -- the four would take 2.4 s
+    local s = servers.aiosmtpd { greeting_delay = 0.6 }
+    local out = n:run([[
+      local args = ...
+      local mailer = require "mailer"
+      local pool = assert(mailer.pool { host = "127.0.0.1", port = args.port, security = "none", size = 4 })
+      local list = {}
+      for i = 1, 12 do
+        list[i] = { from = "a@example.com", to = ("r%d@example.com"):format(i), subject = "pool " .. i, text = "x" }
+      end
+      local t0 = ngx.now()
+      local results = pool:send_all(list)
+      ngx.update_time()
+      local out = { pool = tostring(pool), elapsed = ngx.now() - t0, rcpts = {}, errors = {} }
+      pool:close()
+      for i = 1, 12 do
+        out.rcpts[i] = results[i].accepted and results[i].accepted[1]
+        out.errors[i] = results[i].error and tostring(results[i].error) or false
+      end
+      return out
+    ]], { port = s.port })
+    assert.matches("%(open, nginx,", out.pool)
+    for i = 1, 12 do
+      assert.is_false(out.errors[i])
+      assert.are.equal(("r%d@example.com"):format(i), out.rcpts[i])
+    end
+    assert.is_true(out.elapsed < 1.8, ("12 messages over 4 connections took %.2f s"):format(out.elapsed))
+    delivered(s, 12)
+    assert.are.equal(4, s:connections())
+  end)
+
   it("runs README's nginx.conf and handler: two requests, two messages, one connection", function()
     local f = assert(io.open("README.md", "rb"))
     local readme = f:read("*a")

@@ -819,11 +819,25 @@ function M.connect(c, kind, sock)
   return self
 end
 
+-- The event loop the caller runs in, when mailer can wait in it: "cqueues"
+-- (a coroutine a controller runs) or "copas" (a coroutine, with copas
+-- loaded), else nil. Only loops already loaded are asked (mailer.socket.*
+-- says what counts as inside, and whether the loop is usable here).
+local function running_loop()
+  for _, name in ipairs { "cqueues", "copas" } do
+    if package.loaded[name] then
+      local loop = require("mailer.socket." .. name)
+      if loop.inside() and loop.available() then return name end
+    end
+  end
+end
+M.running_loop = running_loop
+
 -- The socket for a `socket =` choice: kind, sock | nil, err.
 function M.socket(choice)
   if choice == false then choice = "c" end   -- (older spelling of "c")
   if choice == nil then
-    choice = M.available() and "nginx" or "c"
+    choice = M.available() and "nginx" or running_loop() or "c"
   end
   if choice == "c" then return "c", core.socket() end
   if choice == "nginx" then
@@ -834,8 +848,17 @@ function M.socket(choice)
     return "nginx", ngx.socket.tcp()
   end
   if choice == "copas" or choice == "cqueues" then
-    return nil, new_error("unsupported", ("socket = %q is not supported yet; pass a cosocket-compatible " ..
-      "object instead"):format(choice))
+    local loop = require("mailer.socket." .. choice)
+    local usable, why = loop.available()
+    if not usable then
+      return nil, new_error("unsupported", ("socket = %q: %s"):format(choice, why))
+    end
+    if not loop.inside() then
+      return nil, new_error("unsupported", choice == "copas"
+        and "socket = \"copas\": call from a copas thread (copas.addthread), or use mailer.pool"
+        or "socket = \"cqueues\": call from a coroutine of a cqueues controller (cq:wrap), or use mailer.pool")
+    end
+    return choice, loop.socket()
   end
   if type(choice) == "table" or type(choice) == "userdata" then
     return (ngx and type(choice) == "userdata") and "nginx" or "object", choice

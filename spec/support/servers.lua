@@ -452,6 +452,8 @@ Smtpd.__index = Smtpd
 --   scram_fault = nil|"wrong_signature"|"no_signature",
 --   greeting_delay = nil|seconds (each connection waits that long for its 220),
 --   port = nil|N (listen there, e.g. where a client already failed to connect) }
+--   reply_delay = nil|seconds (before every reply), read_rate = nil|bytes a second,
+--   idle_timeout = nil|seconds, idle_reply = nil|"421 ..." (sent when it closes an idle session) }
 function M.aiosmtpd(opts)
   opts = opts or {}
   local ca = M.ca()
@@ -488,6 +490,9 @@ function M.aiosmtpd(opts)
     idle_timeout = opts.idle_timeout,
     greeting_delay = opts.greeting_delay,
     port = opts.port,
+    reply_delay = opts.reply_delay,
+    read_rate = opts.read_rate,
+    idle_reply = opts.idle_reply,
   }
   local self = spawn("aiosmtpd", "smtpd.py", cfg, opts)
   self.cafile = ca.cafile
@@ -499,7 +504,8 @@ end
 -- All messages recorded so far:
 -- { mail_from=, rcpt_tos={}, mail_options={}, rcpt_options={}, rcpts={{address=,options=}},
 --   data=<exact bytes>, size=, auth=<identity>|nil, auth_mechanism=, tls=bool,
---   tls_version=, client_cert=<CN>|nil, helo=, smtputf8=bool, connection=n, n=n }
+--   tls_version=, client_cert=<CN>|nil, helo=, smtputf8=bool, connection=n, n=n,
+--   time=<Unix seconds when the final dot arrived> }
 function Smtpd:messages()
   local f = io.open(self.record, "rb")
   if not f then return self._parsed end

@@ -18,13 +18,18 @@ RET/ENVID/NOTIFY/ORCPT acceptable), reject_rcpt ({address: reply} or list),
 data_reply, hostname, record, connections, parent_pid, max_lifetime,
 scram_fault (null; "wrong_signature": send a wrong SCRAM server signature,
 then 235 whatever the client answers; "no_signature": 235 right after the
-client's proof, without the server signature).
+client's proof, without the server signature), idle_timeout (seconds a
+session may idle; then it is closed, after the reply idle_reply when that
+is set, e.g. "421 4.4.2 idle timeout"), greeting_delay (seconds before the
+220), reply_delay (seconds before every reply), read_rate (bytes a second
+the server reads at most, to make a slow reader).
 
 Every accepted message is appended to the record file as one JSON line:
   n, connection, mail_from, rcpt_tos, mail_options, rcpt_options,
   rcpts ([{address, options}]), data_b64 (exact bytes after dot-unstuffing),
   size, auth (identity or null), auth_mechanism, tls, tls_version,
-  client_cert (subject CN or null), helo, smtputf8
+  client_cert (subject CN or null), helo, smtputf8, time (when the final
+  dot arrived, Unix seconds)
 Every accepted connection appends one line to the connections file.
 Prints "READY <port>" once listening.
 """
@@ -83,6 +88,35 @@ class RecordingSMTP(SMTP):
         if delay:
             await asyncio.sleep(float(delay))
         await super()._handle_client()
+
+    async def push(self, status):
+        # reply_delay: a server that answers slowly
+        delay = self.event_handler.cfg.get("reply_delay")
+        if delay:
+            await asyncio.sleep(float(delay))
+        await super().push(status)
+
+    def data_received(self, data):
+        # read_rate: a slow reader (reading pauses for as long as the bytes
+        # just read take at that rate)
+        super().data_received(data)
+        rate = self.event_handler.cfg.get("read_rate")
+        transport = self.transport
+        if rate and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            self.loop.call_later(len(data) / float(rate), self._resume_reading, transport)
+
+    def _resume_reading(self, transport):
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def _timeout_cb(self):
+        # idle_reply: say why before closing an idle session (a 421, as
+        # Postfix and Exchange do)
+        reply = self.event_handler.cfg.get("idle_reply")
+        if reply and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pc.raw(reply) + b"\r\n")
+        super()._timeout_cb()
 
     def _getparams(self, params):
         result = super()._getparams(params)
@@ -197,6 +231,7 @@ class Handler:
             "client_cert": client_cn,
             "helo": session.host_name,
             "smtputf8": bool(envelope.smtp_utf8),
+            "time": time.time(),
         }
         line = (json.dumps(rec, ensure_ascii=True) + "\n").encode("ascii")
         with open(self.record_path, "ab") as f:
