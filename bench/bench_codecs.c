@@ -7,7 +7,8 @@
  * Output goes to OUTFILE (e.g. /dev/null, so the cost of a write(2) per
  * block is counted like for the peers), or is only counted when "-" or
  * absent. Prints "<codec> <in bytes> <out bytes> <seconds> <MiB/s>" with
- * MiB/s measured on the input size. */
+ * MiB/s measured on the input size. B64_LEVEL=0..3 in the environment
+ * forces a base64 implementation (portable, SSSE3, AVX2, AVX-512 VBMI). */
 #include "codec_base64.h"
 #include "codec_qp.h"
 
@@ -56,6 +57,8 @@ int main(int argc, char **argv)
         return 2;
     }
     qp = strcmp(argv[1], "qp") == 0;
+    if (getenv("B64_LEVEL") && *getenv("B64_LEVEL"))
+        mlr_b64_force_level(atoi(getenv("B64_LEVEL")));
     if (argc > 4)
         block = (size_t)strtoul(argv[4], NULL, 10);
     if (block == 0)
