@@ -8,7 +8,8 @@
  * block is counted like for the peers), or is only counted when "-" or
  * absent. Prints "<codec> <in bytes> <out bytes> <seconds> <MiB/s>" with
  * MiB/s measured on the input size. B64_LEVEL=0..3 in the environment
- * forces a base64 implementation (portable, SSSE3, AVX2, AVX-512 VBMI). */
+ * forces a base64 implementation (portable, SSSE3, AVX2, AVX-512 VBMI),
+ * QP_LEVEL=0..2 a quoted-printable one (portable, SSE2, AVX-512 VBMI2). */
 #include "codec_base64.h"
 #include "codec_qp.h"
 
@@ -59,6 +60,8 @@ int main(int argc, char **argv)
     qp = strcmp(argv[1], "qp") == 0;
     if (getenv("B64_LEVEL") && *getenv("B64_LEVEL"))
         mlr_b64_force_level(atoi(getenv("B64_LEVEL")));
+    if (getenv("QP_LEVEL") && *getenv("QP_LEVEL"))
+        mlr_qp_force_level(atoi(getenv("QP_LEVEL")));
     if (argc > 4)
         block = (size_t)strtoul(argv[4], NULL, 10);
     if (block == 0)

@@ -995,13 +995,17 @@ static int qp_vs_old(const uint8_t *in, size_t n, int all3, int *bad)
     return ok;
 }
 
-/* The encoder against its previous version, byte for byte. */
-static void test_qp_vs_old(void)
+/* The encoder against its previous version, byte for byte, at one level. */
+static void qp_vs_old_level(int level)
 {
+    static const char *names[] = {"portable", "SSE2", "AVX-512 VBMI2"};
     enum { CAP = 1 << 20 };
     uint8_t *buf = malloc(CAP);
     int ok_short = 1, ok_adv = 1, ok_long = 1, bad = 0, iter, kind;
     size_t n, i;
+    const char *name = names[level];
+
+    mlr_qp_force_level(level);
 
     /* short inputs over a tiny alphabet of the bytes that matter */
     for (iter = 0; iter < 3000; iter++) {
@@ -1053,11 +1057,24 @@ static void test_qp_vs_old(void)
         sink_free(&k);
         sink_free(&want);
     }
-    TAP_OK(ok_short, "qp: 3400 short inputs, every split, match the previous encoder");
-    TAP_OK(ok_adv, "qp: 120 adversarial texts, every 2-split, match the previous encoder");
-    TAP_OK(ok_long, "qp: 40 long texts up to 1 MiB, whole and in 17 pieces, match the previous encoder");
-    TAP_OK(!bad, "qp: never writes past the bound against the previous encoder");
+    TAP_OK(ok_short, "qp %s: 3400 short inputs, every split, match the previous encoder", name);
+    TAP_OK(ok_adv, "qp %s: 120 adversarial texts, every 2-split, match the previous encoder", name);
+    TAP_OK(ok_long, "qp %s: 40 long texts up to 1 MiB, whole and in 17 pieces, match the previous encoder",
+           name);
+    TAP_OK(!bad, "qp %s: never writes past the bound against the previous encoder", name);
+    mlr_qp_force_level(-1);
     free(buf);
+}
+
+/* Every level of the block loop this CPU has against the previous encoder. */
+static void test_qp_vs_old(void)
+{
+    int max = mlr_qp_max_level(), level;
+    TAP_OK(mlr_qp_force_level(0) == 0 && mlr_qp_force_level(99) == max &&
+               mlr_qp_force_level(-1) == max,
+           "qp: levels 0..%d here, force_level clamps", max);
+    for (level = 0; level <= max; level++)
+        qp_vs_old_level(level);
 }
 
 /* Runs every group; the exit code says whether any check failed. */
