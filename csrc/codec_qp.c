@@ -198,6 +198,19 @@ static inline unsigned ctz32(unsigned m)
 #endif
 }
 
+/* Set bits of a 16-bit mask. */
+static inline unsigned popcount16(unsigned m)
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_popcount(m);
+#else
+    unsigned k = 0;
+    for (; m; m &= m - 1)
+        k++;
+    return k;
+#endif
+}
+
 /* Write in[j..t) through the sym table while the tokens fit before
  * column 76 (col + len <= 75); returns where it stopped. */
 static inline size_t put_tokens(const uint8_t *in, size_t j, size_t t, unsigned *colp, uint8_t **op)
@@ -215,6 +228,20 @@ static inline size_t put_tokens(const uint8_t *in, size_t j, size_t t, unsigned 
     *op = o;
     *colp = col;
     return j;
+}
+
+/* Write all 16 bytes of a block through the sym table (they fit). */
+static inline void put_block(const uint8_t *in, unsigned *colp, uint8_t **op)
+{
+    uint8_t *o = *op, *o0 = o;
+    size_t j;
+    for (j = 0; j < QP_B; j++) {
+        const uint8_t *e = sym[in[j]];
+        memcpy(o, e, 4); /* the 4th byte is scratch */
+        o += e[3];
+    }
+    *op = o;
+    *colp += (unsigned)(o - o0);
 }
 
 /* One block, given its masks: bit j of stop for CR, LF or tab at in[j]
@@ -280,20 +307,23 @@ static inline unsigned lane_bits(uint64_t m)
     return (unsigned)(((m >> 7) * (uint64_t)0x0102040810204080u) >> 56);
 }
 
-/* Stop and escape masks of 16 bytes, portable. */
+/* High bit of each lane whose byte is 9..13 (tab, LF, VT, FF, CR). */
+static inline uint64_t lanes_ctl(uint64_t x)
+{
+    uint64_t lo = x & LOW7;
+    return (lo + ONES * (128 - 9)) & ~(lo + ONES * (128 - 14)) & ~x & HIGHS;
+}
+
+/* Stop and escape masks of 16 bytes, portable. VT and FF count as stops
+ * here (one range test instead of three): qp_stop sends them to qp_step,
+ * which escapes them as it does any control. */
 static inline void classify_swar(const uint8_t *in, unsigned *stop, unsigned *esc)
 {
-    unsigned st = 0, es = 0, h;
-    for (h = 0; h < 2; h++) {
-        uint64_t x = load_le64(in + 8 * h);
-        uint64_t brk = ~(lanes_nonzero(x ^ (ONES * '\r')) & lanes_nonzero(x ^ (ONES * '\n')) &
-                         lanes_nonzero(x ^ (ONES * '\t'))) & HIGHS;
-        uint64_t np = lanes_nonplain(x);
-        st |= lane_bits(brk) << (8 * h);
-        es |= lane_bits(np) << (8 * h);
-    }
+    uint64_t a = load_le64(in), b = load_le64(in + 8);
+    unsigned np = lane_bits(lanes_nonplain(a)) | lane_bits(lanes_nonplain(b)) << 8;
+    unsigned st = lane_bits(lanes_ctl(a)) | lane_bits(lanes_ctl(b)) << 8;
     *stop = st | 1u << QP_B;
-    *esc = es & ~st;
+    *esc = np & ~st;
 }
 
 /* A stop after a block: in[0] is a line break or a byte that does not
@@ -320,8 +350,8 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
         *colp = 0;
         return c == '\r' && in[1] == '\n' ? 2 : 1;
     }
-    if (c == '\t')
-        return -1;
+    if (c < 32)
+        return -1; /* a tab (or VT, FF from the portable classifier) */
     /* column 76 is only for the last token before a hard break */
     len = sym[c][3];
     if (c == ' ' && next_brk)
@@ -360,11 +390,13 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
             int r;                                                          \
             if (col == 0 && (in[i] == '.' || in[i] == 'F'))                 \
                 goto step;                                                  \
-            /* a constant step when the whole block went: the next load \
-             * then does not wait for this block's arithmetic */          \
-            if (BLOCK) {                                                    \
+            /* whole blocks: a constant step, so the next load does not   \
+             * wait for this block's arithmetic; no call in this loop, so \
+             * the vector constants stay in registers */                   \
+            while (BLOCK) {                                                 \
                 i += QP_B;                                                  \
-                continue;                                                   \
+                if (i + QP_MARGIN > n)                                      \
+                    goto out;                                               \
             }                                                               \
             i += k;                                                         \
             r = qp_stop(in + i, start, &col, &o);                           \
@@ -388,6 +420,7 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
             }                                                               \
             col = s->col;                                                   \
         }                                                                   \
+    out:                                                                    \
         if (col > 0 && o > start && o[-1] == ' ') {                         \
             o--;                                                            \
             i--;                                                            \
@@ -403,8 +436,20 @@ static inline int block_swar(const uint8_t *in, unsigned *colp, uint8_t **op, si
 {
     unsigned stop, esc;
     classify_swar(in, &stop, &esc);
+    if (stop == 1u << QP_B && *colp + QP_B <= QP_MAX_LINE - 1) {
+        if (esc == 0) {
+            memcpy(*op, in, QP_B);
+            *op += QP_B;
+            *colp += QP_B;
+            return 1;
+        }
+        if (*colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
+            put_block(in, colp, op);
+            return 1;
+        }
+    }
     *kp = qp_block(in, stop, esc, 0, colp, op);
-    return *kp == QP_B;
+    return 0;
 }
 QP_BLOCKS(qp_blocks_swar, , block_swar(in + i, &col, &o, &k))
 
@@ -431,8 +476,8 @@ static inline int block_sse2(const uint8_t *in, unsigned *colp, uint8_t **op, si
             *colp += QP_B;
             return 1;
         }
-        if (*colp + QP_B + 2 * (unsigned)__builtin_popcount(esc) <= QP_MAX_LINE - 1) {
-            put_tokens(in, 0, QP_B, colp, op);
+        if (*colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
+            put_block(in, colp, op);
             return 1;
         }
     }

@@ -8,7 +8,8 @@
  * LF) plus ours (no '.' or "From " at a line start), decode with a
  * reference decoder to the input with its line breaks made CRLF, and
  * equal, byte for byte, the output of the previous encoder (kept in
- * tests/qp_ref.c, compiled into this target). */
+ * tests/qp_ref.c, compiled into this target); so must every level of the
+ * block loop the CPU has, whole and in pieces. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,16 +65,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_ASSERTF(a.n == b.n && (a.n == 0 || memcmp(a.p, b.p, a.n) == 0), "split output differs");
     FZ_ASSERT(a.n == mlr_qp_encoded_size(data, size));
     {
-        /* the previous encoder, one call */
+        /* the previous encoder, one call; every level of the block loop,
+         * whole and in the seeded pieces */
         mlr_qp r;
         uint8_t *old = malloc(qpref_bound(size) + MLR_QP_FINISH_MAX);
         size_t got;
+        int level, max = mlr_qp_max_level();
         qpref_init(&r);
         got = qpref_encode(&r, data, size, old);
         got += qpref_finish(&r, old + got);
         FZ_ASSERTF(got == a.n && (got == 0 || memcmp(old, a.p, got) == 0),
                    "output differs from the previous encoder's");
         free(old);
+        for (level = 0; level <= max; level++) {
+            fz_str c = {0};
+            mlr_qp_force_level(level);
+            encode(data, size, 0, &c);
+            FZ_ASSERTF(c.n == a.n && (c.n == 0 || memcmp(c.p, a.p, c.n) == 0),
+                       "level %d output differs", level);
+            fz_str_free(&c);
+            encode(data, size, seed, &c);
+            FZ_ASSERTF(c.n == a.n && (c.n == 0 || memcmp(c.p, a.p, c.n) == 0),
+                       "level %d output in pieces differs", level);
+            fz_str_free(&c);
+        }
+        mlr_qp_force_level(-1);
     }
     FZ_ASSERTF(fz_bare_crlf(a.p, a.n) < 0, "bare CR or LF at %ld", fz_bare_crlf(a.p, a.n));
     for (i = 0; i < a.n; i++) {
