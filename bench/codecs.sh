@@ -9,8 +9,9 @@
 # input, then times every encoder on the same files pinned to one core
 # (CPU, default 1), best of REPS interleaved rounds (default 3; LuaSocket
 # only in the first LUA_REPS, default 1, as it is slow). Everything reads
-# the file and writes to /dev/null. Needs lua5.4 + lua-socket, python3,
-# coreutils, taskset.
+# the file and writes to /dev/null. Ours is also timed in-process at each
+# SIMD level (bench_codecs' B64_LEVEL / QP_LEVEL). Needs lua5.4 +
+# lua-socket, python3, coreutils, taskset.
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$SELF")/.."
@@ -161,14 +162,23 @@ for ((round = 0; round < REPS; round++)); do
     done
 done
 
-# Ours in-process (no exec, no page-cache warm-up in the interval), for reference.
+# Ours in-process (no exec, no page-cache warm-up in the interval), for
+# reference; with a level ("B64_LEVEL=2") to time one implementation.
 inproc() {
     local i
-    for ((i = 0; i < REPS; i++)); do "$BIN" "$1" "$2" /dev/null; done |
+    for ((i = 0; i < REPS; i++)); do env $3 "$BIN" "$1" "$2" /dev/null; done |
         awk '$5 > b { b = $5 } END { printf "%s", b }'
 }
 INB=$(inproc b64 "$RAND")
 INQ=$(inproc qp "$TEXT")
+LEVELS_B64=""
+for l in 0 1 2 3; do
+    LEVELS_B64="$LEVELS_B64 $(inproc b64 "$RAND" B64_LEVEL=$l)"
+done
+LEVELS_QP=""
+for l in 0 1 2; do
+    LEVELS_QP="$LEVELS_QP $(inproc qp "$TEXT" QP_LEVEL=$l)"
+done
 
 # Table: MiB/s and how many times faster ours is than each peer.
 printf '\n%-34s %9s %10s %9s\n' "encoder" "seconds" "MiB/s" "ours/x"
@@ -182,3 +192,6 @@ for i in "${!NAMES[@]}"; do
 done
 echo "(ours timed in-process by bench_codecs: base64 $INB MiB/s, QP $INQ MiB/s;"
 echo " the table times every program the same way, from exec to exit)"
+echo "ours in-process by level (a level this CPU lacks runs the best it has):"
+echo " base64 portable/SSSE3/AVX2/AVX-512 VBMI:$LEVELS_B64 MiB/s"
+echo " QP portable/SSE2/AVX-512 VBMI2:$LEVELS_QP MiB/s"

@@ -6,7 +6,9 @@
  * the encoder holds back at most four undecided bytes between calls and
  * decides them with the same code once more input (or finish) arrives.
  * That single decision function is what makes every split of the input
- * give the same output; a fast path copies runs of plain text mid-line. */
+ * give the same output. The bulk of the text goes through a loop over
+ * 16-byte blocks (below) that makes the same decisions for the common
+ * cases and hands every rare one to qp_step. */
 #include "codec_qp.h"
 
 #include <string.h>

@@ -1022,6 +1022,11 @@ static void qp_vs_old_level(int level)
         random_text(buf, n, iter % 4);
         ok_short &= qp_vs_old(buf, n, 0, &bad);
     }
+    /* all escapes (the widest output per block) and all '=' */
+    for (n = 0; n <= 200; n++) {
+        memset(buf, n % 2 ? 0xff : '=', n);
+        ok_short &= qp_vs_old(buf, n, 0, &bad);
+    }
     /* adversarial lines, a few hundred bytes to a few KiB */
     for (iter = 0; iter < 120; iter++) {
         n = adversarial_text(buf, 300 + rnd_below(iter < 100 ? 600 : 2000), iter % 3);
@@ -1058,7 +1063,7 @@ static void qp_vs_old_level(int level)
         sink_free(&k);
         sink_free(&want);
     }
-    TAP_OK(ok_short, "qp %s: 3400 short inputs, every split, match the previous encoder", name);
+    TAP_OK(ok_short, "qp %s: 3601 short inputs, every split, match the previous encoder", name);
     TAP_OK(ok_adv, "qp %s: 120 adversarial texts, every 2-split, match the previous encoder", name);
     TAP_OK(ok_long, "qp %s: 21 long texts up to 512 KiB, whole and in 17 pieces, match the previous encoder",
            name);
