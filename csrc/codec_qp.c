@@ -200,17 +200,14 @@ static inline unsigned ctz32(unsigned m)
 #endif
 }
 
-/* Set bits of a 16-bit mask. */
+/* Set bits of a 16-bit mask; bit arithmetic, as __builtin_popcount is a
+ * library call where the popcnt instruction is not in the baseline. */
 static inline unsigned popcount16(unsigned m)
 {
-#if defined(__GNUC__)
-    return (unsigned)__builtin_popcount(m);
-#else
-    unsigned k = 0;
-    for (; m; m &= m - 1)
-        k++;
-    return k;
-#endif
+    m = m - ((m >> 1) & 0x5555u);
+    m = (m & 0x3333u) + ((m >> 2) & 0x3333u);
+    m = (m + (m >> 4)) & 0x0f0fu;
+    return (m + (m >> 8)) & 0x1fu;
 }
 
 /* Write in[j..t) through the sym table while the tokens fit before
@@ -316,13 +313,14 @@ static inline uint64_t lanes_ctl(uint64_t x)
     return (lo + ONES * (128 - 9)) & ~(lo + ONES * (128 - 14)) & ~x & HIGHS;
 }
 
-/* Stop and escape masks of 16 bytes, portable. VT and FF count as stops
- * here (one range test instead of three): qp_stop sends them to qp_step,
- * which escapes them as it does any control. */
-static inline void classify_swar(const uint8_t *in, unsigned *stop, unsigned *esc)
+/* Stop and escape masks of 16 bytes (words a, b; their non-plain lanes
+ * na, nb), portable. VT and FF count as stops here (one range test
+ * instead of three): qp_stop sends them to qp_step, which escapes them
+ * as it does any control. */
+static inline void classify_swar(uint64_t a, uint64_t b, uint64_t na, uint64_t nb,
+                                 unsigned *stop, unsigned *esc)
 {
-    uint64_t a = load_le64(in), b = load_le64(in + 8);
-    unsigned np = lane_bits(lanes_nonplain(a)) | lane_bits(lanes_nonplain(b)) << 8;
+    unsigned np = lane_bits(na) | lane_bits(nb) << 8;
     unsigned st = lane_bits(lanes_ctl(a)) | lane_bits(lanes_ctl(b)) << 8;
     *stop = st | 1u << QP_B;
     *esc = np & ~st;
@@ -433,22 +431,23 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
         return i;                                                           \
     }
 
-/* Masks of 16 bytes, portable. */
+/* Masks of 16 bytes, portable; an all-plain block that fits is checked
+ * first, with one test per word. */
 static inline int block_swar(const uint8_t *in, unsigned *colp, uint8_t **op, size_t *kp)
 {
+    uint64_t a = load_le64(in), b = load_le64(in + 8);
+    uint64_t na = lanes_nonplain(a), nb = lanes_nonplain(b);
     unsigned stop, esc;
-    classify_swar(in, &stop, &esc);
-    if (stop == 1u << QP_B && *colp + QP_B <= QP_MAX_LINE - 1) {
-        if (esc == 0) {
-            memcpy(*op, in, QP_B);
-            *op += QP_B;
-            *colp += QP_B;
-            return 1;
-        }
-        if (*colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
-            put_block(in, colp, op);
-            return 1;
-        }
+    if ((na | nb) == 0 && *colp + QP_B <= QP_MAX_LINE - 1) {
+        memcpy(*op, in, QP_B);
+        *op += QP_B;
+        *colp += QP_B;
+        return 1;
+    }
+    classify_swar(a, b, na, nb, &stop, &esc);
+    if (stop == 1u << QP_B && *colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
+        put_block(in, colp, op);
+        return 1;
     }
     *kp = qp_block(in, stop, esc, 0, colp, op);
     return 0;
@@ -464,24 +463,25 @@ static inline int block_sse2(const uint8_t *in, unsigned *colp, uint8_t **op, si
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)in);
     __m128i plain = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(31)),
                                   _mm_cmplt_epi8(v, _mm_set1_epi8(127)));
-    __m128i brk = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r')),
-                               _mm_cmpeq_epi8(v, _mm_set1_epi8('\n')));
-    unsigned stop, esc;
+    __m128i brk;
+    unsigned pm, stop, esc;
     plain = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('=')), plain);
+    pm = (unsigned)_mm_movemask_epi8(plain);
+    _mm_storeu_si128((__m128i *)(void *)*op, v); /* past the taken bytes: scratch */
+    /* most blocks: all plain (a space too), and room for them */
+    if (pm == 0xffffu && *colp + QP_B <= QP_MAX_LINE - 1) {
+        *op += QP_B;
+        *colp += QP_B;
+        return 1;
+    }
+    brk = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r')),
+                       _mm_cmpeq_epi8(v, _mm_set1_epi8('\n')));
     brk = _mm_or_si128(brk, _mm_cmpeq_epi8(v, _mm_set1_epi8('\t')));
     stop = (unsigned)_mm_movemask_epi8(brk);
-    esc = ~((unsigned)_mm_movemask_epi8(plain) | stop) & 0xffffu;
-    _mm_storeu_si128((__m128i *)(void *)*op, v); /* past the taken bytes: scratch */
-    if (stop == 0 && *colp + QP_B <= QP_MAX_LINE - 1) {
-        if (esc == 0) {
-            *op += QP_B;
-            *colp += QP_B;
-            return 1;
-        }
-        if (*colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
-            put_block(in, colp, op);
-            return 1;
-        }
+    esc = ~(pm | stop) & 0xffffu;
+    if (stop == 0 && *colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
+        put_block(in, colp, op);
+        return 1;
     }
     *kp = qp_block(in, stop | 1u << QP_B, esc, 1, colp, op);
     return 0;
@@ -515,20 +515,48 @@ TGT_VBMI2 static inline int block_vbmi2(const uint8_t *in, unsigned *colp, uint8
                                        'B', 'C', 'D', 'E', 'F');
     const __m128i low4 = _mm_set1_epi8(15);
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)in);
-    unsigned brk = (unsigned)(_mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\r')) |
-                              _mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\n')) |
-                              _mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\t')));
     unsigned plain = (unsigned)(_mm_cmpgt_epi8_mask(v, _mm_set1_epi8(31)) &
                                 _mm_cmplt_epi8_mask(v, _mm_set1_epi8(127)) &
                                 _mm_cmpneq_epi8_mask(v, _mm_set1_epi8('=')));
-    unsigned esc = ~(plain | brk) & 0xffffu;
-    unsigned col = *colp, len = QP_B + 2 * (unsigned)_mm_popcnt_u32(esc);
-    uint64_t e1 = _pdep_u64(esc, SLOT0 << 1), e2 = _pdep_u64(esc, SLOT0 << 2);
-    uint64_t used = SLOT0 | e1 | e2;
-    __m128i first = _mm_mask_blend_epi8((__mmask16)esc, v, _mm_set1_epi8('='));
-    __m128i hi = _mm_shuffle_epi8(hexd, _mm_and_si128(_mm_srli_epi16(v, 4), low4));
-    __m128i lo = _mm_shuffle_epi8(hexd, _mm_and_si128(v, low4));
-    __m512i src = _mm512_inserti32x4(_mm512_castsi128_si512(first), hi, 1);
+    unsigned brk, esc, col = *colp, len;
+    uint64_t e1, e2, used;
+    __m128i first, hi, lo;
+    __m512i src;
+    /* most blocks: all plain (a space too), and room for them */
+    if (plain == 0xffffu && col + QP_B <= QP_MAX_LINE - 1) {
+        _mm_storeu_si128((__m128i *)(void *)*op, v);
+        *op += QP_B;
+        *colp = col + QP_B;
+        return 1;
+    }
+    brk = (unsigned)(_mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\r')) |
+                     _mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\n')) |
+                     _mm_cmpeq_epi8_mask(v, _mm_set1_epi8('\t')));
+    esc = ~(plain | brk) & 0xffffu;
+    len = QP_B + 2 * (unsigned)_mm_popcnt_u32(esc);
+    if (esc == 0) {
+        /* most blocks: the bytes as they are, as on SSE2 */
+        unsigned room = col < QP_MAX_LINE - 1 ? QP_MAX_LINE - 1 - col : 0, k;
+        _mm_storeu_si128((__m128i *)(void *)*op, v);
+        if (brk == 0 && col + QP_B <= QP_MAX_LINE - 1) {
+            *op += QP_B;
+            *colp = col + QP_B;
+            return 1;
+        }
+        k = (unsigned)__builtin_ctz(brk | 1u << QP_B);
+        k = k < room ? k : room;
+        *op += k;
+        *colp = col + k;
+        *kp = k;
+        return 0;
+    }
+    e1 = _pdep_u64(esc, SLOT0 << 1);
+    e2 = _pdep_u64(esc, SLOT0 << 2);
+    used = SLOT0 | e1 | e2;
+    first = _mm_mask_blend_epi8((__mmask16)esc, v, _mm_set1_epi8('='));
+    hi = _mm_shuffle_epi8(hexd, _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+    lo = _mm_shuffle_epi8(hexd, _mm_and_si128(v, low4));
+    src = _mm512_inserti32x4(_mm512_castsi128_si512(first), hi, 1);
     src = _mm512_inserti32x4(src, lo, 2);
     src = _mm512_permutexvar_epi8(_mm512_loadu_si512((const void *)slot_src), src);
     _mm512_storeu_si512((void *)*op, _mm512_maskz_compress_epi8(used, src));
