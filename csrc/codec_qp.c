@@ -479,6 +479,16 @@ static inline int block_sse2(const uint8_t *in, unsigned *colp, uint8_t **op, si
     brk = _mm_or_si128(brk, _mm_cmpeq_epi8(v, _mm_set1_epi8('\t')));
     stop = (unsigned)_mm_movemask_epi8(brk);
     esc = ~(pm | stop) & 0xffffu;
+    if (esc == 0) {
+        /* plain up to a stop, or up to the line's end */
+        unsigned col = *colp, room = col < QP_MAX_LINE - 1 ? QP_MAX_LINE - 1 - col : 0;
+        unsigned k = ctz32(stop | 1u << QP_B);
+        k = k < room ? k : room;
+        *op += k;
+        *colp = col + k;
+        *kp = k;
+        return 0;
+    }
     if (stop == 0 && *colp + QP_B + 2 * popcount16(esc) <= QP_MAX_LINE - 1) {
         put_block(in, colp, op);
         return 1;
