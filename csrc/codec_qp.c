@@ -378,8 +378,9 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
  * without a space written as is at the end of its output (it is taken
  * back, for the caller to decide with what follows). BLOCK is true when
  * it took the whole block in[i..i+16), else it sets k to the bytes it
- * took; either way it advances o and col. */
-#define QP_BLOCKS(name, attr, BLOCK)                                        \
+ * took; either way it advances o and col. LINE, at a line start, may do
+ * a whole line at once and continue. */
+#define QP_BLOCKS(name, attr, LINE, BLOCK)                                  \
     attr static size_t name(mlr_qp *s, const uint8_t *in, size_t n, uint8_t **op) \
     {                                                                       \
         uint8_t *o = *op, *start = *op;                                     \
@@ -388,8 +389,11 @@ static inline int qp_stop(const uint8_t *in, const uint8_t *start, unsigned *col
         while (i + QP_MARGIN <= n) {                                        \
             size_t k;                                                       \
             int r;                                                          \
-            if (col == 0 && (in[i] == '.' || in[i] == 'F'))                 \
-                goto step;                                                  \
+            if (col == 0) {                                                 \
+                if (in[i] == '.' || in[i] == 'F')                           \
+                    goto step;                                              \
+                LINE;                                                       \
+            }                                                               \
             /* whole blocks: a constant step, so the next load does not   \
              * wait for this block's arithmetic; no call in this loop, so \
              * the vector constants stay in registers */                   \
@@ -452,7 +456,7 @@ static inline int block_swar(const uint8_t *in, unsigned *colp, uint8_t **op, si
     *kp = qp_block(in, stop, esc, 0, colp, op);
     return 0;
 }
-QP_BLOCKS(qp_blocks_swar, , block_swar(in + i, &col, &o, &k))
+QP_BLOCKS(qp_blocks_swar, , (void)0, block_swar(in + i, &col, &o, &k))
 
 #if QP_X86
 /* Masks of 16 bytes with SSE2 (baseline on x86-64); the bytes are stored
@@ -496,7 +500,7 @@ static inline int block_sse2(const uint8_t *in, unsigned *colp, uint8_t **op, si
     *kp = qp_block(in, stop | 1u << QP_B, esc, 1, colp, op);
     return 0;
 }
-QP_BLOCKS(qp_blocks_base, , block_sse2(in + i, &col, &o, &k))
+QP_BLOCKS(qp_blocks_base, , (void)0, block_sse2(in + i, &col, &o, &k))
 
 #define TGT_VBMI2 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi,bmi2,popcnt")))
@@ -513,6 +517,25 @@ static const uint8_t slot_src[64] = {
     42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47,
 };
 
+/* The tokens of the 16 bytes in v (esc: which need "=XX") written at o
+ * by one compress of their slots; up to 64 bytes are stored. Returns the
+ * end of the 16 tokens. */
+TGT_VBMI2 static inline uint8_t *expand_vbmi2(__m128i v, unsigned esc, uint8_t *o)
+{
+    const __m128i hexd = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A',
+                                       'B', 'C', 'D', 'E', 'F');
+    const __m128i low4 = _mm_set1_epi8(15);
+    uint64_t used = SLOT0 | _pdep_u64(esc, SLOT0 << 1) | _pdep_u64(esc, SLOT0 << 2);
+    __m128i first = _mm_mask_blend_epi8((__mmask16)esc, v, _mm_set1_epi8('='));
+    __m128i hi = _mm_shuffle_epi8(hexd, _mm_and_si128(_mm_srli_epi16(v, 4), low4));
+    __m128i lo = _mm_shuffle_epi8(hexd, _mm_and_si128(v, low4));
+    __m512i src = _mm512_inserti32x4(_mm512_castsi128_si512(first), hi, 1);
+    src = _mm512_inserti32x4(src, lo, 2);
+    src = _mm512_permutexvar_epi8(_mm512_loadu_si512((const void *)slot_src), src);
+    _mm512_storeu_si512((void *)o, _mm512_maskz_compress_epi8(used, src));
+    return o + QP_B + 2 * (unsigned)_mm_popcnt_u32(esc);
+}
+
 /* One block with AVX-512 VBMI2: every byte is laid out as its three
  * slots and the used slots are compressed together (vpcompressb), so
  * escapes cost no branch. Stores up to 64 bytes at o (scratch past the
@@ -521,17 +544,12 @@ static const uint8_t slot_src[64] = {
 TGT_VBMI2 static inline int block_vbmi2(const uint8_t *in, unsigned *colp, uint8_t **op,
                                         size_t *kp)
 {
-    const __m128i hexd = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A',
-                                       'B', 'C', 'D', 'E', 'F');
-    const __m128i low4 = _mm_set1_epi8(15);
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)in);
     unsigned plain = (unsigned)(_mm_cmpgt_epi8_mask(v, _mm_set1_epi8(31)) &
                                 _mm_cmplt_epi8_mask(v, _mm_set1_epi8(127)) &
                                 _mm_cmpneq_epi8_mask(v, _mm_set1_epi8('=')));
     unsigned brk, esc, col = *colp, len;
     uint64_t e1, e2, used;
-    __m128i first, hi, lo;
-    __m512i src;
     /* most blocks: all plain (a space too), and room for them */
     if (plain == 0xffffu && col + QP_B <= QP_MAX_LINE - 1) {
         _mm_storeu_si128((__m128i *)(void *)*op, v);
@@ -563,13 +581,7 @@ TGT_VBMI2 static inline int block_vbmi2(const uint8_t *in, unsigned *colp, uint8
     e1 = _pdep_u64(esc, SLOT0 << 1);
     e2 = _pdep_u64(esc, SLOT0 << 2);
     used = SLOT0 | e1 | e2;
-    first = _mm_mask_blend_epi8((__mmask16)esc, v, _mm_set1_epi8('='));
-    hi = _mm_shuffle_epi8(hexd, _mm_and_si128(_mm_srli_epi16(v, 4), low4));
-    lo = _mm_shuffle_epi8(hexd, _mm_and_si128(v, low4));
-    src = _mm512_inserti32x4(_mm512_castsi128_si512(first), hi, 1);
-    src = _mm512_inserti32x4(src, lo, 2);
-    src = _mm512_permutexvar_epi8(_mm512_loadu_si512((const void *)slot_src), src);
-    _mm512_storeu_si512((void *)*op, _mm512_maskz_compress_epi8(used, src));
+    expand_vbmi2(v, esc, *op);
     if (brk == 0 && col + len <= QP_MAX_LINE - 1) {
         *op += len;
         *colp = col + len;
@@ -588,7 +600,59 @@ TGT_VBMI2 static inline int block_vbmi2(const uint8_t *in, unsigned *colp, uint8
         return 0;
     }
 }
-QP_BLOCKS(qp_blocks_vbmi2, TGT_VBMI2, block_vbmi2(in + i, &col, &o, &k))
+/* A whole line at a line start, when it is simple: its break (CR, LF or
+ * CRLF) within the next 64 bytes, no tab, and its tokens (a trailing
+ * space as "=20") no wider than 76 columns, so no soft break. Then the
+ * line is written at once -- one store without escapes, 16-byte
+ * compresses with -- then the CRLF. Returns the bytes consumed, or 0 to
+ * leave the line to the block loop. Needs 64 + QP_MARGIN visible bytes. */
+TGT_VBMI2 static inline size_t line_vbmi2(const uint8_t *in, size_t avail, uint8_t **op)
+{
+    __m512i z;
+    uint64_t lf, cr, tab, plain, esc;
+    unsigned t, sp, len;
+    uint8_t *o = *op;
+    if (avail < 64 + QP_MARGIN)
+        return 0;
+    z = _mm512_loadu_si512((const void *)in);
+    cr = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\r'));
+    lf = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\n'));
+    tab = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\t'));
+    plain = _mm512_cmpgt_epi8_mask(z, _mm512_set1_epi8(31)) &
+            _mm512_cmplt_epi8_mask(z, _mm512_set1_epi8(127)) &
+            _mm512_cmpneq_epi8_mask(z, _mm512_set1_epi8('='));
+    t = (unsigned)_tzcnt_u64(cr | lf | tab); /* 64 when none */
+    esc = ~plain & _bzhi_u64(~(uint64_t)0, t);
+    sp = t > 0 && in[t - 1] == ' ';
+    len = t + 2 * (unsigned)_mm_popcnt_u64(esc) + 2 * sp;
+    if (t == 64 || len > QP_MAX_LINE || ((tab >> t) & 1))
+        return 0;
+    if (esc == 0) {
+        _mm512_storeu_si512((void *)o, z); /* past the line: scratch */
+    } else {
+        unsigned c;
+        for (c = 0; c < t; c += QP_B)
+            o = expand_vbmi2(_mm_loadu_si128((const __m128i *)(const void *)(in + c)),
+                             (unsigned)(esc >> c) & 0xffffu, o);
+    }
+    o = *op + len - 2 * sp;
+    if (sp)
+        o = put_hex(o - 1, ' ');
+    o[0] = '\r';
+    o[1] = '\n';
+    *op = o + 2;
+    return t + 1 + (in[t] == '\r' && in[t + 1] == '\n');
+}
+
+QP_BLOCKS(qp_blocks_vbmi2, TGT_VBMI2,
+          {
+              size_t lk = line_vbmi2(in + i, n - i, &o);
+              if (lk) {
+                  i += lk;
+                  continue;
+              }
+          },
+          block_vbmi2(in + i, &col, &o, &k))
 
 #endif /* QP_X86 */
 
