@@ -166,7 +166,7 @@ done
 # reference; with a level ("B64_LEVEL=2") to time one implementation.
 inproc() {
     local i
-    for ((i = 0; i < REPS; i++)); do env $3 "$BIN" "$1" "$2" /dev/null; done |
+    for ((i = 0; i < REPS; i++)); do env ${3:-} "$BIN" "$1" "$2" /dev/null; done |
         awk '$5 > b { b = $5 } END { printf "%s", b }'
 }
 INB=$(inproc b64 "$RAND")
