@@ -152,8 +152,9 @@ static int qp_step(mlr_qp *s, const uint8_t *in, size_t avail, int end, uint8_t 
 /* ---- the block loop ----
  *
  * Away from the ends of the visible input the encoder works on blocks of
- * 16 bytes. Each block is classified at once (SSE2 on x86-64, SWAR
- * elsewhere): where the first "stop" is (CR, LF, tab: bytes whose output
+ * 16 bytes. Each block is classified at once (8-byte words portably,
+ * SSE2 on x86-64, AVX-512 VBMI2 where the CPU has it, picked at run
+ * time): where the first "stop" is (CR, LF, tab: bytes whose output
  * depends on what follows), and which bytes before it need "=XX". The
  * bytes before the stop are written as long as they fit before column
  * 76: a block without escapes is one 16-byte store, one with escapes goes
@@ -163,7 +164,8 @@ static int qp_step(mlr_qp *s, const uint8_t *in, size_t avail, int end, uint8_t 
  * qp_step when that does not fit). What stops a block -- a line break,
  * a byte that no longer fits, a tab, a '.' or 'F' at a line start -- is
  * handled inline for the first two and by qp_step, the reference
- * decision, for the rest. */
+ * decision, for the rest. On VBMI2 a short line is done whole from one
+ * 64-byte classification (line_vbmi2). */
 
 #define QP_B 16              /* bytes per block */
 #define QP_MARGIN (QP_B + 5) /* visible bytes a block needs: itself + lookahead */
