@@ -620,14 +620,16 @@ TGT_VBMI2 static inline size_t line_vbmi2(const uint8_t *in, size_t avail, uint8
     cr = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\r'));
     lf = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\n'));
     tab = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\t'));
+    if ((cr | lf | tab) == 0)
+        return 0; /* a long line: leave it early */
     plain = _mm512_cmpgt_epi8_mask(z, _mm512_set1_epi8(31)) &
             _mm512_cmplt_epi8_mask(z, _mm512_set1_epi8(127)) &
             _mm512_cmpneq_epi8_mask(z, _mm512_set1_epi8('='));
-    t = (unsigned)_tzcnt_u64(cr | lf | tab); /* 64 when none */
+    t = (unsigned)_tzcnt_u64(cr | lf | tab);
     esc = ~plain & _bzhi_u64(~(uint64_t)0, t);
     sp = t > 0 && in[t - 1] == ' ';
     len = t + 2 * (unsigned)_mm_popcnt_u64(esc) + 2 * sp;
-    if (t == 64 || len > QP_MAX_LINE || ((tab >> t) & 1))
+    if (len > QP_MAX_LINE || ((tab >> t) & 1))
         return 0;
     if (esc == 0) {
         _mm512_storeu_si512((void *)o, z); /* past the line: scratch */
