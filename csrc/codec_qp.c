@@ -602,50 +602,107 @@ TGT_VBMI2 static inline int block_vbmi2(const uint8_t *in, unsigned *colp, uint8
         return 0;
     }
 }
-/* A whole line at a line start, when it is simple: its break (CR, LF or
- * CRLF) within the next 64 bytes, no tab, and its tokens (a trailing
- * space as "=20") no wider than 76 columns, so no soft break. Then the
- * line is written at once -- one store without escapes, 16-byte
- * compresses with -- then the CRLF. Returns the bytes consumed, or 0 to
- * leave the line to the block loop. Needs 64 + QP_MARGIN visible bytes. */
+/* Tokens of in[0..k) written at o (esc: which of them need "=XX"; bit j
+ * of the pair lo, hi for in[j]): one compress per 16 bytes, or plain
+ * stores when there is no escape. Stores up to 64 bytes past the tokens. */
+TGT_VBMI2 static inline void put_line_vbmi2(const uint8_t *in, unsigned k, uint64_t esc_lo,
+                                           uint64_t esc_hi, __m512i z0, __m512i z1, uint8_t *o)
+{
+    unsigned c;
+    if ((esc_lo | esc_hi) == 0) {
+        _mm512_storeu_si512((void *)o, z0);
+        if (k > 64)
+            _mm512_storeu_si512((void *)(o + 64), z1);
+        return;
+    }
+    for (c = 0; c < k; c += QP_B) {
+        unsigned e = (unsigned)((c < 64 ? esc_lo >> c : esc_hi >> (c - 64)) & 0xffffu);
+        o = expand_vbmi2(_mm_loadu_si128((const __m128i *)(const void *)(in + c)), e, o);
+    }
+}
+
+/* At a line start, a line from one classification of the next 128
+ * bytes, when its break (CR, LF or CRLF) is among them and no tab comes
+ * first. When its tokens (a trailing space as "=20") take at most 76
+ * columns, the line is written with its CRLF. When they take more, the
+ * tokens that fit in 75 columns are written with a soft break: columns
+ * at the 16-byte chunk edges are popcounts of the escapes, and within the
+ * chunk where column 75 falls the token ends are found as in block_vbmi2.
+ * Returns the bytes consumed, or 0 to leave the line to the block loop
+ * (no break within 128 bytes, a tab, a trailing space that does not
+ * fit). Needs 128 + QP_MARGIN visible bytes. */
 TGT_VBMI2 static inline size_t line_vbmi2(const uint8_t *in, size_t avail, uint8_t **op)
 {
-    __m512i z;
-    uint64_t lf, cr, tab, plain, esc;
-    unsigned t, sp, len;
+    __m512i z0, z1;
+    uint64_t brk0, brk1, tab0, tab1, esc0, esc1;
+    unsigned t, sp, len, fit, j, col;
     uint8_t *o = *op;
-    if (avail < 64 + QP_MARGIN)
+    if (avail < 128 + QP_MARGIN)
         return 0;
-    z = _mm512_loadu_si512((const void *)in);
-    cr = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\r'));
-    lf = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\n'));
-    tab = _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\t'));
-    if ((cr | lf | tab) == 0)
-        return 0; /* a long line: leave it early */
-    plain = _mm512_cmpgt_epi8_mask(z, _mm512_set1_epi8(31)) &
-            _mm512_cmplt_epi8_mask(z, _mm512_set1_epi8(127)) &
-            _mm512_cmpneq_epi8_mask(z, _mm512_set1_epi8('='));
-    t = (unsigned)_tzcnt_u64(cr | lf | tab);
-    esc = ~plain & _bzhi_u64(~(uint64_t)0, t);
+    z0 = _mm512_loadu_si512((const void *)in);
+    z1 = _mm512_loadu_si512((const void *)(in + 64));
+#define BRK(z) (_mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\r')) | \
+                _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\n')))
+#define TAB(z) _mm512_cmpeq_epi8_mask(z, _mm512_set1_epi8('\t'))
+#define PLAIN(z) (_mm512_cmpgt_epi8_mask(z, _mm512_set1_epi8(31)) & \
+                  _mm512_cmplt_epi8_mask(z, _mm512_set1_epi8(127)) & \
+                  _mm512_cmpneq_epi8_mask(z, _mm512_set1_epi8('=')))
+    tab0 = TAB(z0);
+    tab1 = TAB(z1);
+    brk0 = BRK(z0) | tab0;
+    brk1 = BRK(z1) | tab1;
+    if ((brk0 | brk1) == 0)
+        return 0; /* longer than the window: leave it early */
+    t = brk0 ? (unsigned)_tzcnt_u64(brk0) : 64 + (unsigned)_tzcnt_u64(brk1);
+    if (t < 64 ? (tab0 >> t) & 1 : (tab1 >> (t - 64)) & 1)
+        return 0;
+    esc0 = ~PLAIN(z0) & (t < 64 ? _bzhi_u64(~(uint64_t)0, t) : ~(uint64_t)0);
+    esc1 = t > 64 ? ~PLAIN(z1) & _bzhi_u64(~(uint64_t)0, t - 64) : 0;
+#undef BRK
+#undef TAB
+#undef PLAIN
     sp = t > 0 && in[t - 1] == ' ';
-    len = t + 2 * (unsigned)_mm_popcnt_u64(esc) + 2 * sp;
-    if (len > QP_MAX_LINE || ((tab >> t) & 1))
-        return 0;
-    if (esc == 0) {
-        _mm512_storeu_si512((void *)o, z); /* past the line: scratch */
-    } else {
-        unsigned c;
-        for (c = 0; c < t; c += QP_B)
-            o = expand_vbmi2(_mm_loadu_si128((const __m128i *)(const void *)(in + c)),
-                             (unsigned)(esc >> c) & 0xffffu, o);
+    len = t + 2 * (unsigned)(_mm_popcnt_u64(esc0) + _mm_popcnt_u64(esc1)) + 2 * sp;
+    if (len <= QP_MAX_LINE) {
+        put_line_vbmi2(in, t, esc0, esc1, z0, z1, o);
+        o = *op + len - 2 * sp;
+        if (sp)
+            o = put_hex(o - 1, ' ');
+        o[0] = '\r';
+        o[1] = '\n';
+        *op = o + 2;
+        return t + 1 + (in[t] == '\r' && in[t + 1] == '\n');
     }
-    o = *op + len - 2 * sp;
-    if (sp)
-        o = put_hex(o - 1, ' ');
-    o[0] = '\r';
-    o[1] = '\n';
-    *op = o + 2;
-    return t + 1 + (in[t] == '\r' && in[t + 1] == '\n');
+    /* a long line: column 75 falls in chunk j (at most 4: each chunk
+     * takes at least 16 columns), which starts at column col */
+    col = 0;
+    for (j = 1; j <= 4; j++) {
+        unsigned edge = 16 * j + 2 * (unsigned)_mm_popcnt_u64(esc0 & _bzhi_u64(~(uint64_t)0, 16 * j));
+        if (edge > QP_MAX_LINE - 1)
+            break;
+        col = edge;
+    }
+    j--;
+    {
+        unsigned e = (unsigned)((j < 4 ? esc0 >> (16 * j) : esc1) & 0xffffu);
+        uint64_t e1 = _pdep_u64(e, SLOT0 << 1), e2 = _pdep_u64(e, SLOT0 << 2);
+        uint64_t ends = _pext_u64((SLOT0 & ~(e1 >> 1)) | e2, SLOT0 | e1 | e2);
+        fit = 16 * j + (unsigned)_mm_popcnt_u64(_bzhi_u64(ends, QP_MAX_LINE - 1 - col));
+    }
+    if (fit >= t)
+        return 0; /* only a trailing space does not fit: qp_step's case */
+    /* in[fit] is not the last token before the break: the line would
+     * take at most 76 columns then; so it goes after a soft break */
+    esc0 &= _bzhi_u64(~(uint64_t)0, fit);
+    esc1 = fit > 64 ? esc1 & _bzhi_u64(~(uint64_t)0, fit - 64) : 0;
+    len = fit + 2 * (unsigned)(_mm_popcnt_u64(esc0) + _mm_popcnt_u64(esc1));
+    put_line_vbmi2(in, fit, esc0, esc1, z0, z1, o);
+    o = *op + len;
+    o[0] = '=';
+    o[1] = '\r';
+    o[2] = '\n';
+    *op = o + 3;
+    return fit;
 }
 
 QP_BLOCKS(qp_blocks_vbmi2, TGT_VBMI2,
