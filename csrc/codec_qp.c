@@ -164,8 +164,9 @@ static int qp_step(mlr_qp *s, const uint8_t *in, size_t avail, int end, uint8_t 
  * qp_step when that does not fit). What stops a block -- a line break,
  * a byte that no longer fits, a tab, a '.' or 'F' at a line start -- is
  * handled inline for the first two and by qp_step, the reference
- * decision, for the rest. On VBMI2 a short line is done whole from one
- * 64-byte classification (line_vbmi2). */
+ * decision, for the rest. On VBMI2 a line, or the first 75 columns of
+ * a long one, is done at once from one classification of the next 128
+ * bytes (line_vbmi2). */
 
 #define QP_B 16              /* bytes per block */
 #define QP_MARGIN (QP_B + 5) /* visible bytes a block needs: itself + lookahead */
