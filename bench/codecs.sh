@@ -8,9 +8,11 @@
 # LF line ends, default 64), checks that our outputs decode back to the
 # input, then times every encoder on the same files pinned to one core
 # (CPU, default 1), best of REPS interleaved rounds (default 3; LuaSocket
-# only in the first LUA_REPS, default 1, as it is slow). Everything reads
-# the file and writes to /dev/null. Needs lua5.4 + lua-socket, python3,
-# coreutils, taskset.
+# only in the first LUA_REPS, default 1, as it is slow), in CPU seconds
+# (user + system; TIMING=wall for wall seconds). Everything reads the file
+# and writes to /dev/null. Ours is also timed in-process at each
+# SIMD level (bench_codecs' B64_LEVEL / QP_LEVEL). Needs lua5.4 +
+# lua-socket, python3, coreutils, taskset.
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$SELF")/.."
@@ -23,6 +25,7 @@ REPS=${REPS:-3}
 LUA_REPS=${LUA_REPS:-1}
 LUA=${LUA:-lua5.4}
 PY=${PY:-/usr/bin/python3}
+TIMING=${TIMING:-cpu}
 OUT=bench/out
 mkdir -p "$OUT"
 
@@ -138,21 +141,27 @@ NAMES=("b64 ours (bench_codecs)" "b64 coreutils base64 -w 76"
 MIBS=("$B64_MB" "$B64_MB" "$B64_MB" "$B64_MB" "$B64_MB" "$QP_MB" "$QP_MB" "$QP_MB" "$QP_MB")
 SECS=()
 
-# Wall seconds of one run (bash's time: no extra process inside the
-# interval; the script itself is pinned, so the command inherits the core).
+# Seconds of one run (bash's time: no extra process inside the interval;
+# the script itself is pinned, so the command inherits the core): CPU
+# seconds, user + system, with TIMING=cpu (the default), so that other
+# load on a shared machine does not count; wall seconds with TIMING=wall.
 once() {
-    local t TIMEFORMAT=%3R
+    local t TIMEFORMAT='%3R %3U %3S'
     if ! t=$( { time "$1" >/dev/null 2>"$OUT/err"; } 2>&1 ); then
         echo "failed: $1" >&2
         cat "$OUT/err" >&2
         exit 1
     fi
-    echo "$t"
+    if [ "$TIMING" = wall ]; then
+        echo "${t%% *}"
+    else
+        awk -v t="$t" 'BEGIN { split(t, a, " "); printf "%.3f", a[2] + a[3] }'
+    fi
 }
 
 # Rounds interleave the encoders, so a burst of load from elsewhere hits
 # one round of everyone rather than all runs of one; keep each best.
-echo "base64, $B64_MB MiB random, 76-char lines; QP, $QP_MB MiB text; cpu $CPU, best of $REPS"
+echo "base64, $B64_MB MiB random, 76-char lines; QP, $QP_MB MiB text; cpu $CPU, best of $REPS, $TIMING time"
 for ((round = 0; round < REPS; round++)); do
     for i in "${!FUNCS[@]}"; do
         case ${FUNCS[$i]} in *luasocket*) [ "$round" -lt "$LUA_REPS" ] || continue ;; esac
@@ -161,14 +170,25 @@ for ((round = 0; round < REPS; round++)); do
     done
 done
 
-# Ours in-process (no exec, no page-cache warm-up in the interval), for reference.
+# Ours in-process (no exec, no page-cache warm-up in the interval), for
+# reference; with a level ("B64_LEVEL=2") to time one implementation.
 inproc() {
     local i
-    for ((i = 0; i < REPS; i++)); do "$BIN" "$1" "$2" /dev/null; done |
-        awk '$5 > b { b = $5 } END { printf "%s", b }'
+    local f=7 # CPU MiB/s; 5 is wall
+    [ "$TIMING" = wall ] && f=5
+    for ((i = 0; i < REPS; i++)); do env ${3:-} "$BIN" "$1" "$2" /dev/null; done |
+        awk -v f=$f '$f > b { b = $f } END { printf "%s", b }'
 }
 INB=$(inproc b64 "$RAND")
 INQ=$(inproc qp "$TEXT")
+LEVELS_B64=""
+for l in 0 1 2 3; do
+    LEVELS_B64="$LEVELS_B64 $(inproc b64 "$RAND" B64_LEVEL=$l)"
+done
+LEVELS_QP=""
+for l in 0 1 2; do
+    LEVELS_QP="$LEVELS_QP $(inproc qp "$TEXT" QP_LEVEL=$l)"
+done
 
 # Table: MiB/s and how many times faster ours is than each peer.
 printf '\n%-34s %9s %10s %9s\n' "encoder" "seconds" "MiB/s" "ours/x"
@@ -182,3 +202,6 @@ for i in "${!NAMES[@]}"; do
 done
 echo "(ours timed in-process by bench_codecs: base64 $INB MiB/s, QP $INQ MiB/s;"
 echo " the table times every program the same way, from exec to exit)"
+echo "ours in-process by level (a level this CPU lacks runs the best it has):"
+echo " base64 portable/SSSE3/AVX2/AVX-512 VBMI:$LEVELS_B64 MiB/s"
+echo " QP portable/SSE2/AVX-512 VBMI2:$LEVELS_QP MiB/s"

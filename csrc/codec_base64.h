@@ -36,6 +36,22 @@ size_t mlr_b64_finish(mlr_b64 *s, uint8_t *out);
 /* Exact size of the complete encoding of n bytes (encode + finish). */
 uint64_t mlr_b64_encoded_size(uint64_t n, unsigned line_len);
 
+/* Encoder implementations (levels), for tests and benchmarks; the
+ * encoder otherwise always uses the best one the CPU has. Every level
+ * gives the same output. */
+#define MLR_B64_SCALAR 0     /* portable C, the only one off x86 */
+#define MLR_B64_SSSE3 1
+#define MLR_B64_AVX2 2
+#define MLR_B64_AVX512VBMI 3
+
+/* Highest level this build and CPU can run. */
+int mlr_b64_max_level(void);
+
+/* Make every encoder use level (lowered to mlr_b64_max_level) from now
+ * on, or the best one again with -1; returns the level now in use. Not
+ * thread-safe: for tests and benchmarks only. */
+int mlr_b64_force_level(int level);
+
 /* One-shot decoder for tests and small values: ignores CR/LF, returns the
  * decoded length or -1 on a malformed input. out needs 3*(n/4)+3 bytes. */
 long mlr_b64_decode(const char *in, size_t n, uint8_t *out);

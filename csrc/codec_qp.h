@@ -38,4 +38,19 @@ size_t mlr_qp_finish(mlr_qp *s, uint8_t *out);
 /* Exact size of encode + finish of a whole input, without keeping it. */
 uint64_t mlr_qp_encoded_size(const uint8_t *in, size_t n);
 
+/* Implementations of the encoder's block loop (levels), for tests and
+ * benchmarks; the encoder otherwise uses the best one the CPU has. Every
+ * level gives the same output. */
+#define MLR_QP_PORTABLE 0    /* 8-byte words, the only one off x86-64 */
+#define MLR_QP_SSE2 1
+#define MLR_QP_AVX512VBMI2 2
+
+/* Highest level this build and CPU can run. */
+int mlr_qp_max_level(void);
+
+/* Make every encoder use level (lowered to mlr_qp_max_level) from now
+ * on, or the best one again with -1; returns the level now in use. Not
+ * thread-safe: for tests and benchmarks only. */
+int mlr_qp_force_level(int level);
+
 #endif

@@ -2,9 +2,13 @@
  * encoders: known vectors, every 2-way and many 3-way splits of sample
  * inputs giving identical output, naive reference encoders written here
  * from the rules, strict decoders for round trips, output invariants,
- * exact sizes and the bound functions (checked with a canary region). */
+ * exact sizes and the bound functions (checked with a canary region).
+ * The SIMD base64 levels are checked against the portable encoder, and
+ * the quoted-printable encoder against its previous version (qp_ref.c),
+ * byte for byte, over adversarial and random inputs and their splits. */
 #include "codec_base64.h"
 #include "codec_qp.h"
+#include "qp_ref.h"
 #include "tap.h"
 
 #include <stdint.h>
@@ -82,7 +86,9 @@ static void sink_take(sink *k, uint8_t *b, size_t got, size_t bound, int strict)
 
 /* ---- base64 helpers ---- */
 
-/* Encode in pieces at the given cut points (sorted, within [0, n]). */
+/* Encode in pieces at the given cut points (sorted, within [0, n]). Each
+ * piece is copied to a block of its exact size first, so that under ASan
+ * a read outside the piece (the SIMD loads) is caught. */
 static void b64_pieces(const uint8_t *in, size_t n, unsigned line_len,
                        const size_t *cuts, size_t ncuts, sink *k)
 {
@@ -93,8 +99,14 @@ static void b64_pieces(const uint8_t *in, size_t n, unsigned line_len,
     for (c = 0; c <= ncuts; c++) {
         size_t end = c < ncuts ? cuts[c] : n;
         size_t bound = mlr_b64_bound(end - prev, line_len);
+        uint8_t *piece = malloc(end > prev ? end - prev : 1);
+        if (!piece)
+            abort();
+        if (end > prev)
+            memcpy(piece, in + prev, end - prev);
         b = scratch(bound);
-        sink_take(k, b, mlr_b64_encode(&s, in + prev, end - prev, b), bound, 1);
+        sink_take(k, b, mlr_b64_encode(&s, piece, end - prev, b), bound, 1);
+        free(piece);
         prev = end;
     }
     b = scratch(MLR_B64_FINISH_MAX);
@@ -148,8 +160,14 @@ static void qp_pieces(const uint8_t *in, size_t n, const size_t *cuts,
     for (c = 0; c <= ncuts; c++) {
         size_t end = c < ncuts ? cuts[c] : n;
         size_t bound = mlr_qp_bound(end - prev);
+        uint8_t *piece = malloc(end > prev ? end - prev : 1);
+        if (!piece)
+            abort();
+        if (end > prev)
+            memcpy(piece, in + prev, end - prev);
         b = scratch(bound);
-        sink_take(k, b, mlr_qp_encode(&s, in + prev, end - prev, b), bound, 0);
+        sink_take(k, b, mlr_qp_encode(&s, piece, end - prev, b), bound, 0);
+        free(piece);
         prev = end;
     }
     b = scratch(MLR_QP_FINISH_MAX);
@@ -508,6 +526,104 @@ static void test_b64_random(void)
     TAP_OK(mlr_b64_bound((size_t)-1 / 3, 4) > (size_t)-1 / 3, "base64: bound does not overflow");
 }
 
+/* Name of a base64 level, for test names. */
+static const char *b64_level_name(int level)
+{
+    static const char *names[] = {"scalar", "SSSE3", "AVX2", "AVX-512 VBMI"};
+    return names[level];
+}
+
+/* Every SIMD level against the portable encoder: every length 0..300
+ * whole and in every 2-split, every 3-split up to 64 bytes, for several
+ * line lengths; then long random inputs in random pieces. */
+static void test_b64_levels(void)
+{
+    static const unsigned lens[] = {76, 0, 4, 8, 12, 64, 72, 996};
+    enum { SHORT = 300, LONG_ITERS = 60 };
+    int max = mlr_b64_max_level(), level;
+    uint8_t *buf = malloc(SHORT);
+    size_t i;
+
+    for (i = 0; i < SHORT; i++)
+        buf[i] = (uint8_t)rnd();
+    TAP_OK(mlr_b64_force_level(0) == 0 && mlr_b64_force_level(99) == max &&
+               mlr_b64_force_level(-1) == max,
+           "base64: levels 0..%d here (best: %s), force_level clamps", max, b64_level_name(max));
+    for (level = 1; level <= max; level++) {
+        int ok_whole = 1, ok2 = 1, ok3 = 1, ok_long = 1, bad = 0;
+        size_t li, n, a, b;
+        for (li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            unsigned ll = lens[li];
+            for (n = 0; n <= SHORT; n++) {
+                sink want = {0}, got = {0};
+                mlr_b64_force_level(0);
+                b64_pieces(buf, n, ll, NULL, 0, &want);
+                mlr_b64_force_level(level);
+                b64_pieces(buf, n, ll, NULL, 0, &got);
+                ok_whole &= same(&got, &want);
+                bad |= got.overflow;
+                for (a = 0; a <= n; a++) {
+                    sink k = {0};
+                    b64_pieces(buf, n, ll, &a, 1, &k);
+                    ok2 &= same(&k, &want);
+                    bad |= k.overflow;
+                    sink_free(&k);
+                }
+                for (a = 0; n <= 64 && a <= n; a++)
+                    for (b = a; b <= n; b++) {
+                        size_t cut[2];
+                        sink k = {0};
+                        cut[0] = a;
+                        cut[1] = b;
+                        b64_pieces(buf, n, ll, cut, 2, &k);
+                        ok3 &= same(&k, &want);
+                        bad |= k.overflow;
+                        sink_free(&k);
+                    }
+                sink_free(&want);
+                sink_free(&got);
+            }
+        }
+        for (i = 0; i < LONG_ITERS; i++) {
+            size_t len = 1000 + rnd_below(200000), cut[8], c, j;
+            unsigned ll = lens[i % (sizeof lens / sizeof lens[0])];
+            uint8_t *in = malloc(len);
+            sink want = {0}, got = {0};
+            for (j = 0; j < len; j++)
+                in[j] = (uint8_t)rnd();
+            for (c = 0; c < 8; c++)
+                cut[c] = rnd_below(len + 1);
+            for (c = 1; c < 8; c++)
+                for (j = c; j > 0 && cut[j] < cut[j - 1]; j--) {
+                    size_t t = cut[j];
+                    cut[j] = cut[j - 1];
+                    cut[j - 1] = t;
+                }
+            mlr_b64_force_level(0);
+            b64_pieces(in, len, ll, cut, 8, &want);
+            mlr_b64_force_level(level);
+            b64_pieces(in, len, ll, cut, 8, &got);
+            ok_long &= same(&got, &want);
+            bad |= got.overflow;
+            sink_free(&got);
+            b64_pieces(in, len, ll, NULL, 0, &got);
+            ok_long &= same(&got, &want);
+            bad |= got.overflow;
+            sink_free(&got);
+            sink_free(&want);
+            free(in);
+        }
+        TAP_OK(ok_whole, "base64 %s: lengths 0..%d match the scalar encoder", b64_level_name(level), SHORT);
+        TAP_OK(ok2, "base64 %s: every 2-split of lengths 0..%d matches", b64_level_name(level), SHORT);
+        TAP_OK(ok3, "base64 %s: every 3-split of lengths 0..64 matches", b64_level_name(level));
+        TAP_OK(ok_long, "base64 %s: %d long random inputs, whole and in 9 pieces, match",
+               b64_level_name(level), LONG_ITERS);
+        TAP_OK(!bad, "base64 %s: never writes past count or bound", b64_level_name(level));
+    }
+    mlr_b64_force_level(-1);
+    free(buf);
+}
+
 /* Full QP check of one input: reference, invariants, decode, sizes and
  * identical output for every 2-split, bytewise and many 3-splits. */
 static void qp_check(const uint8_t *in, size_t n, const char *name)
@@ -790,6 +906,183 @@ static void test_qp_bound_worst(void)
     TAP_OK(ok, "qp: bound holds for all-encoded input in pieces of 1..9");
 }
 
+/* The previous encoder (qp_ref.c) on the whole input, as one call. */
+static void qp_old(const uint8_t *in, size_t n, sink *k)
+{
+    mlr_qp s;
+    uint8_t *b = malloc(qpref_bound(n) + MLR_QP_FINISH_MAX);
+    size_t got;
+    if (!b)
+        abort();
+    qpref_init(&s);
+    got = qpref_encode(&s, in, n, b);
+    got += qpref_finish(&s, b + got);
+    sink_reserve(k, got + 1); /* never NULL, even for empty output */
+    put(k, (const char *)b, got);
+    free(b);
+}
+
+/* Adversarial text: lines of lengths around the 76-column edge made of
+ * plain runs, '=', UTF-8, blanks (also at the end), '.', "From ", tabs,
+ * controls and every line break; kind picks the mix. */
+static size_t adversarial_text(uint8_t *p, size_t cap, int kind)
+{
+    static const char *bits[] = {"=", "\xc3\xbc", "\xe2\x82\xac", " ", "\t", ".", "From ",
+                                 "F", "\x01", "\x7f", "==", "  ", " \t", "a", "\xff"};
+    static const char *brks[] = {"\r\n", "\n", "\r", "\n\r", "\r\r\n"};
+    size_t n = 0;
+    while (n + 200 < cap) {
+        size_t len = 60 + rnd_below(30), start = n, b;
+        if (kind == 1)
+            len = 73 + rnd_below(6); /* right at the edge */
+        if (rnd_below(4) == 0 && n + 5 < cap) { /* line start specials */
+            const char *s0 = bits[5 + rnd_below(3)];
+            memcpy(p + n, s0, strlen(s0));
+            n += strlen(s0);
+        }
+        while (n - start < len) {
+            if (rnd_below(kind == 2 ? 2 : 8) == 0) {
+                const char *b0 = bits[rnd_below(sizeof bits / sizeof bits[0])];
+                memcpy(p + n, b0, strlen(b0));
+                n += strlen(b0);
+            } else {
+                p[n++] = (uint8_t)('a' + rnd_below(26));
+            }
+        }
+        for (b = rnd_below(3); b > 0; b--) /* trailing blanks */
+            p[n++] = rnd_below(2) ? ' ' : '\t';
+        if (rnd_below(10) != 0) {
+            const char *b1 = brks[rnd_below(sizeof brks / sizeof brks[0])];
+            memcpy(p + n, b1, strlen(b1));
+            n += strlen(b1);
+        }
+    }
+    return n;
+}
+
+/* Check one input against the previous encoder: whole, bytewise, every
+ * 2-split, and every 3-split (short inputs) or random ones. */
+static int qp_vs_old(const uint8_t *in, size_t n, int all3, int *bad)
+{
+    sink want = {0}, k = {0};
+    size_t a, b;
+    int ok = 1;
+    qp_old(in, n, &want);
+    qp_pieces(in, n, NULL, 0, &k);
+    ok &= same(&k, &want);
+    *bad |= k.overflow;
+    sink_free(&k);
+    qp_bytewise(in, n, &k);
+    ok &= same(&k, &want);
+    *bad |= k.overflow;
+    sink_free(&k);
+    for (a = 0; a <= n; a++) {
+        qp_pieces(in, n, &a, 1, &k);
+        ok &= same(&k, &want);
+        *bad |= k.overflow;
+        sink_free(&k);
+    }
+    for (a = 0; a <= n; a++)
+        for (b = a; b <= n; b += all3 ? 1 : 1 + rnd_below(n / 4 + 1)) {
+            size_t cut[2];
+            cut[0] = a;
+            cut[1] = b;
+            qp_pieces(in, n, cut, 2, &k);
+            ok &= same(&k, &want);
+            *bad |= k.overflow;
+            sink_free(&k);
+        }
+    sink_free(&want);
+    return ok;
+}
+
+/* The encoder against its previous version, byte for byte, at one level. */
+static void qp_vs_old_level(int level)
+{
+    static const char *names[] = {"portable", "SSE2", "AVX-512 VBMI2"};
+    enum { CAP = 1 << 19 };
+    uint8_t *buf = malloc(CAP);
+    int ok_short = 1, ok_adv = 1, ok_long = 1, bad = 0, iter, kind;
+    size_t n, i;
+    const char *name = names[level];
+
+    mlr_qp_force_level(level);
+
+    /* short inputs over a tiny alphabet of the bytes that matter */
+    for (iter = 0; iter < 3000; iter++) {
+        static const char alpha[] = "  \t\r\n.F=rom\xc3x";
+        n = rnd_below(iter < 2000 ? 24 : 90);
+        for (i = 0; i < n; i++)
+            buf[i] = (uint8_t)alpha[rnd_below(sizeof alpha - 1)];
+        ok_short &= qp_vs_old(buf, n, n <= 24, &bad);
+    }
+    /* random text of every kind, lengths 0..300 */
+    for (iter = 0; iter < 400; iter++) {
+        n = rnd_below(301);
+        random_text(buf, n, iter % 4);
+        ok_short &= qp_vs_old(buf, n, 0, &bad);
+    }
+    /* all escapes (the widest output per block) and all '=' */
+    for (n = 0; n <= 200; n++) {
+        memset(buf, n % 2 ? 0xff : '=', n);
+        ok_short &= qp_vs_old(buf, n, 0, &bad);
+    }
+    /* adversarial lines, a few hundred bytes to a few KiB */
+    for (iter = 0; iter < 120; iter++) {
+        n = adversarial_text(buf, 300 + rnd_below(iter < 100 ? 600 : 2000), iter % 3);
+        ok_adv &= qp_vs_old(buf, n, 0, &bad);
+    }
+    /* long inputs in many random pieces */
+    for (iter = 0; iter < 21; iter++) {
+        size_t cut[16], c, j;
+        sink want = {0}, k = {0};
+        kind = iter % 7;
+        if (kind < 3) {
+            n = adversarial_text(buf, CAP - rnd_below(CAP / 2), kind);
+        } else {
+            n = 1000 + rnd_below(CAP - 1000);
+            random_text(buf, n, kind - 3);
+        }
+        for (c = 0; c < 16; c++)
+            cut[c] = rnd_below(n + 1);
+        for (c = 1; c < 16; c++)
+            for (j = c; j > 0 && cut[j] < cut[j - 1]; j--) {
+                size_t t = cut[j];
+                cut[j] = cut[j - 1];
+                cut[j - 1] = t;
+            }
+        qp_old(buf, n, &want);
+        qp_pieces(buf, n, cut, 16, &k);
+        ok_long &= same(&k, &want);
+        bad |= k.overflow;
+        sink_free(&k);
+        qp_pieces(buf, n, NULL, 0, &k);
+        ok_long &= same(&k, &want);
+        bad |= k.overflow;
+        ok_long &= mlr_qp_encoded_size(buf, n) == k.len;
+        sink_free(&k);
+        sink_free(&want);
+    }
+    TAP_OK(ok_short, "qp %s: 3601 short inputs, every split, match the previous encoder", name);
+    TAP_OK(ok_adv, "qp %s: 120 adversarial texts, every 2-split, match the previous encoder", name);
+    TAP_OK(ok_long, "qp %s: 21 long texts up to 512 KiB, whole and in 17 pieces, match the previous encoder",
+           name);
+    TAP_OK(!bad, "qp %s: never writes past the bound against the previous encoder", name);
+    mlr_qp_force_level(-1);
+    free(buf);
+}
+
+/* Every level of the block loop this CPU has against the previous encoder. */
+static void test_qp_vs_old(void)
+{
+    int max = mlr_qp_max_level(), level;
+    TAP_OK(mlr_qp_force_level(0) == 0 && mlr_qp_force_level(99) == max &&
+               mlr_qp_force_level(-1) == max,
+           "qp: levels 0..%d here, force_level clamps", max);
+    for (level = 0; level <= max; level++)
+        qp_vs_old_level(level);
+}
+
 /* Runs every group; the exit code says whether any check failed. */
 int main(void)
 {
@@ -798,9 +1091,11 @@ int main(void)
     test_b64_decode_rejects();
     test_b64_samples();
     test_b64_random();
+    test_b64_levels();
     test_qp_exact();
     test_qp_samples();
     test_qp_random();
     test_qp_bound_worst();
+    test_qp_vs_old();
     return tap_done();
 }
