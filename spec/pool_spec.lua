@@ -172,12 +172,17 @@ describe("mailer.pool", function()
       local times = {}
       for i, rec in ipairs(recs) do times[i] = rec.time end
       table.sort(times)
-      -- any 5 messages span at least `per` (a little less for the jitter
-      -- between the start, on our side, and the end of DATA on the server's)
+      -- any 5 messages span about `per`, less the jitter between the start
+      -- on our side and the end of DATA on the server's (which grows under
+      -- ASan on 2 busy cores), and over the run the rate holds: the 1st and
+      -- the 9th are two periods apart. Without a limit, all 12 arrive within
+      -- a few milliseconds.
       for k = 1, #times - 4 do
-        assert.is_true(times[k + 4] - times[k] >= 0.45,
+        assert.is_true(times[k + 4] - times[k] >= 0.35,
           ("messages %d and %d arrived %.3f s apart"):format(k, k + 4, times[k + 4] - times[k]))
       end
+      assert.is_true(times[9] - times[1] >= 0.9,
+        ("messages 1 and 9 arrived %.3f s apart"):format(times[9] - times[1]))
       assert.is_true(elapsed >= 0.95 and elapsed < 3, ("12 messages at 4 per 0.5 s took %.2f s"):format(elapsed))
     end)
 
