@@ -46,6 +46,7 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     assert.are.same({ "bob@example.com", "carol@example.com" }, receipt.accepted)
     assert.are.same({}, receipt.rejected)
     assert.is_string(receipt.message)
+    assert.are.equal(msg:header("Message-ID"), receipt.message_id)
     conn:close()
     local got = s:wait_messages(1, 5)
     assert.are.equal(1, #got)
@@ -53,6 +54,9 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     assert.are.same({ "bob@example.com", "carol@example.com" }, got[1].rcpt_tos)
     local p = assert_delivered(got[1], msg)
     assert.are.equal("Grüße über SMTP", p.subject)
+    -- the Message-ID the receipt gives is the one the recipient sees
+    assert.matches("^<[^<>@]+@example%.com>$", receipt.message_id)
+    assert.are.equal(receipt.message_id, p.headers["message-id"][1])
   end)
 
   it("uses STARTTLS with a verified certificate and authenticates", function()
@@ -134,7 +138,10 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     list[6] = { from = "not an address", to = "x@example.com", subject = "bad", text = "x" }
     local results = conn:send_many(list)
     assert.are.equal(6, #results)
-    for i = 1, 5 do assert.are.equal(250, results[i].code) end
+    for i = 1, 5 do
+      assert.are.equal(250, results[i].code)
+      assert.are.equal(msgs[i]:header("Message-ID"), results[i].message_id)
+    end
     assert.are.equal("input", results[6].error.kind)
     -- iterator form, reusing the connection
     local i = 0
@@ -195,10 +202,20 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
 
   it("mailer.send connects, sends and quits", function()
     local s = servers.aiosmtpd {}
-    local receipt, err = tr.send(msg_table(), { host = s.host, port = s.port, security = "none" })
+    local receipt, err = tr.send(msg_table { message_id = "<given.1@example.com>" },
+                                 { host = s.host, port = s.port, security = "none" })
     assert.is_nil(err)
     assert.are.equal(250, receipt.code)
+    assert.are.equal("<given.1@example.com>", receipt.message_id)
     assert.are.equal(1, #s:wait_messages(1, 5))
+    -- the outbox receipt carries it too
+    local dir = servers.mkdir("outbox-receipt")
+    local m = assert(mailer.message(msg_table()))
+    local r = assert(tr.send(m, { outbox = dir }))
+    assert.are.equal(m:header("Message-ID"), r.message_id)
+    local f = assert(io.open(r.path, "rb"))
+    assert.matches("\r\nMessage%-ID: " .. r.message_id:gsub("%p", "%%%0") .. "\r\n", f:read("*a"))
+    f:close()
   end)
 
   it("closes idempotently; use after close raises; __close works", function()
