@@ -288,3 +288,47 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
   end)
 end)
 end
+
+describe("option mistakes", function()
+  local m = assert(mailer.message { from = "a@example.com", to = "b@example.com", text = "x" })
+
+  -- The error a call raises (it must raise).
+  local function raised(f)
+    local ok, e = pcall(f)
+    assert.is_false(ok, "no error raised")
+    return tostring(e)
+  end
+
+  it("name the function the caller called, the argument and the option, where it was called", function()
+    local e = raised(function() mailer.send(m, { hots = "smtp.example.com" }) end)
+    assert.matches("^[^:]*smtp_send_spec%.lua:%d+: bad argument #2 to 'send' " ..
+                   "%(unknown option 'hots'; did you mean 'host'%?%)$", e)
+    e = raised(function() mailer.connect { hots = "smtp.example.com" } end)
+    assert.matches("^[^:]*smtp_send_spec%.lua:%d+: bad argument #1 to 'connect' %(unknown option 'hots'", e)
+    e = raised(function() mailer.send(m, { host = "h", port = "25" }) end)
+    assert.matches("smtp_send_spec%.lua:%d+: bad argument #2 to 'send' %(port: number expected, got string%)$", e)
+    -- send options: argument #3 of mailer.send, raised before connecting
+    e = raised(function() mailer.send(m, { host = "h" }, { progres = function() end }) end)
+    assert.matches("smtp_send_spec%.lua:%d+: bad argument #3 to 'send' " ..
+                   "%(unknown option 'progres'; did you mean 'progress'%?%)$", e)
+    e = raised(function() mailer.send(m, { host = "h" }, { envelope = { from = 1 } }) end)
+    assert.matches("bad argument #3 to 'send' (envelope.from: string expected, got number)", e, 1, true)
+  end)
+
+  it("suggest the nearest option, or list them all", function()
+    local cases = {
+      { { host = "h", pasword = "x" }, "did you mean 'password'?" },
+      { { host = "h", user = "ann" }, "did you mean 'username'?" },
+      { { host = "h", secure = true }, "did you mean 'security'?" },
+      { { host = "h", timout = 5 }, "did you mean 'timeout'?" },
+      { { host = "h", Port = 25 }, "did you mean 'port'?" },
+      { { host = "h", tls = { verfy = false } }, "(tls: unknown option 'verfy'; did you mean 'verify'?)" },
+      { { host = "h", tls = { ca = "x.pem" } }, "did you mean 'cafile'?" },
+    }
+    for _, c in ipairs(cases) do
+      assert.matches(c[2], raised(function() mailer.connect(c[1]) end), 1, true)
+    end
+    local e = raised(function() mailer.connect { host = "h", zzzzzz = 1 } end)
+    assert.matches("(unknown option 'zzzzzz'; the options are allow_plaintext_auth, auth, chunking, ", e, 1, true)
+  end)
+end)
