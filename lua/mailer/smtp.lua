@@ -146,9 +146,12 @@ local function is_message(v)
   return core.is_message(v)
 end
 
--- The options of connect and of send (sorted lists), for the README's
--- reference tables and their spec.
-M.options = { connect = names_of(connect_fields), tls = names_of(tls_fields), send = names_of(send_fields) }
+-- The names of the options of connect, tls and send, and of the AUTH
+-- mechanisms (sorted lists): the README's reference tables and the
+-- command's help are checked against them.
+M.options = { connect = names_of(connect_fields), tls = names_of(tls_fields), send = names_of(send_fields),
+              auth = names_of(mechanisms) }
+M._nearest = nearest   -- (for the command's own options)
 
 -- The socket choices by name (else a cosocket-shaped object).
 local socket_names = { c = true, nginx = true, copas = true, cqueues = true }
