@@ -67,8 +67,8 @@ local flags = { trace = true, ["dry-run"] = true, help = true, version = true, j
   ["allow-plaintext-auth"] = true, insecure = true }
 local queue_commands = { add = true, list = true, run = true, retry = true, remove = true }
 
--- Every option the command takes, sorted, and the help text (the spec
--- checks that the one names the other).
+-- Every option the command takes, sorted (the spec checks that --help
+-- names each).
 function M.option_names()
   local out = {}
   for _, set in ipairs { repeatable, valued, flags } do
@@ -77,7 +77,6 @@ function M.option_names()
   table.sort(out)
   return out
 end
-M.usage = usage
 
 -- Parse argv into {command, options}; nil, message on a usage error.
 -- For `queue SUB`, options.sub is SUB and options.ids the other arguments.
@@ -127,9 +126,7 @@ function M.parse(argv)
       end
     else
       local known = {}
-      for _, set in ipairs { repeatable, valued, flags } do
-        for k in pairs(set) do known[k] = true end
-      end
+      for _, k in ipairs(M.option_names()) do known[k] = true end
       local near = require("mailer.smtp")._nearest(name, known)
       return nil, "unknown option --" .. name .. (near and (" (did you mean --" .. near .. "?)") or "")
     end
