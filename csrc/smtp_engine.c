@@ -106,16 +106,27 @@ static void set_text(char *dst, size_t cap, const char *src, size_t n)
     dst[n] = '\0';
 }
 
+/* The RFC 3463 code at the start of a reply's text into dst, or "".
+ * Taken whether or not the server announced ENHANCEDSTATUSCODES (many
+ * servers write them without saying so, and RFC 2034 asks nothing of the
+ * client), but only when its class agrees with the reply code (RFC 2034,
+ * section 4: a 5xx reply carries a 5.x.x code), so free text that merely
+ * starts with digits and dots is not taken for one. */
+static void copy_enhanced(char dst[16], const mlr_reply *r)
+{
+    if (r->enhanced[0] && r->enhanced[0] - '0' == r->code / 100)
+        memcpy(dst, r->enhanced, 16);
+    else
+        dst[0] = '\0';
+}
+
 /* Fill a status from a server reply (kind "smtp"). */
-static void status_from_reply(mlr_smtp *e, mlr_smtp_status *s, const mlr_reply *r)
+static void status_from_reply(mlr_smtp_status *s, const mlr_reply *r)
 {
     s->err = MLR_ERR_SMTP;
     s->code = r->code;
     s->temporary = r->code / 100 == 4;
-    if (e->caps.flags & MLR_CAP_ENHANCED)
-        memcpy(s->enhanced, r->enhanced, sizeof s->enhanced);
-    else
-        s->enhanced[0] = '\0';
+    copy_enhanced(s->enhanced, r);
     set_text(s->message, sizeof s->message, r->text, r->text_len);
 }
 
@@ -164,7 +175,7 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
         return e->status.err;
     memset(&e->status, 0, sizeof e->status);
     if (r)
-        status_from_reply(e, &e->status, r);
+        status_from_reply(&e->status, r);
     e->status.err = err;
     e->status.temporary = temporary;
     if (fmt)
@@ -433,12 +444,12 @@ static void txn_reject(mlr_smtp *e, mlr_smtp_txn *t, int err, const char *fmt, .
 }
 
 /* Record the first failure of a transaction from a reply. */
-static void txn_fail_reply(mlr_smtp *e, mlr_smtp_txn *t, const mlr_reply *r)
+static void txn_fail_reply(mlr_smtp_txn *t, const mlr_reply *r)
 {
     if (t->failed)
         return;
     t->failed = 1;
-    status_from_reply(e, &t->status, r);
+    status_from_reply(&t->status, r);
 }
 
 /* Build the MAIL FROM line into e->tmp. */
@@ -790,7 +801,7 @@ static void start_auth(mlr_smtp *e)
     if (!e->tls_active && !e->allow_plain) {
         fatal(e, MLR_ERR_AUTH, 0, NULL, 1,
               "refusing to send credentials over an unencrypted connection "
-              "(use TLS, or allow_plaintext_auth=true)");
+              "(use TLS, or allow_plaintext_auth = true to send them in clear text)");
         return;
     }
     if (!(e->caps.flags & MLR_CAP_AUTH)) {
@@ -883,7 +894,9 @@ static void after_ehlo(mlr_smtp *e)
         }
         if (e->security == MLR_SEC_STARTTLS) {
             fatal(e, MLR_ERR_TLS, 0, NULL, 1,
-                  "the server does not offer STARTTLS, and security=\"starttls\" requires it");
+                  "the server does not offer STARTTLS, and security = \"starttls\" requires it "
+                  "(security = \"starttls-optional\" goes on in clear text when it is missing, "
+                  "security = \"none\" never uses TLS)");
             return;
         }
     }
@@ -976,8 +989,7 @@ static void rcpt_result(mlr_smtp *e, mlr_smtp_txn *t, size_t i, const mlr_reply 
 {
     mlr_rcpt_result *res = &t->results[i];
     res->code = r->code;
-    if (e->caps.flags & MLR_CAP_ENHANCED)
-        memcpy(res->enhanced, r->enhanced, sizeof res->enhanced);
+    copy_enhanced(res->enhanced, r);
     res->text_off = t->text.len;
     if (mlr_buf_add(&t->text, r->text, r->text_len)) {
         nomem(e);
@@ -988,29 +1000,43 @@ static void rcpt_result(mlr_smtp *e, mlr_smtp_txn *t, size_t i, const mlr_reply 
         t->naccepted++;
 }
 
-/* Every recipient was refused: the transaction fails with the first refusal. */
+/* A refusal a later attempt may overcome: 4xx, and 552 on RCPT (RFC 5321
+ * section 4.5.3.1.10: too many recipients, treated as temporary). The
+ * binding marks each refused recipient with the same test. */
+static int rcpt_temporary(int code) { return code / 100 == 4 || code == 552; }
+
+/* Every recipient was refused: the transaction fails. The error is
+ * temporary when any refusal was (a later attempt may reach that
+ * recipient; each one's own result says which), and then it cites the
+ * first temporary refusal, so that code and temporary agree; else the
+ * first refusal. A mix says so in the message. */
 static void all_rejected(mlr_smtp_txn *t)
 {
-    size_t i;
-    int temp = 1;
-    const mlr_rcpt_result *first = &t->results[0];
+    size_t i, ntemp = 0, l;
+    const mlr_rcpt_result *cite = NULL;
     if (t->failed)
         return;
     for (i = 0; i < t->nrcpt; i++)
-        if (t->results[i].code / 100 != 4 && t->results[i].code != 552)
-            temp = 0;
+        if (rcpt_temporary(t->results[i].code) && ntemp++ == 0)
+            cite = &t->results[i];
+    if (!cite)
+        cite = &t->results[0];
     t->failed = 1;
     memset(&t->status, 0, sizeof t->status);
     t->status.err = MLR_ERR_SMTP;
-    t->status.code = first->code;
-    t->status.temporary = temp;
-    memcpy(t->status.enhanced, first->enhanced, sizeof first->enhanced);
-    snprintf(t->status.message, sizeof t->status.message, "all recipients were rejected: ");
-    {
-        size_t l = strlen(t->status.message);
-        set_text(t->status.message + l, sizeof t->status.message - l,
-                 t->text.data ? t->text.data + first->text_off : "", first->text_len);
-    }
+    t->status.code = cite->code;
+    t->status.temporary = ntemp > 0;
+    memcpy(t->status.enhanced, cite->enhanced, sizeof cite->enhanced);
+    if (ntemp > 0 && ntemp < t->nrcpt)
+        snprintf(t->status.message, sizeof t->status.message,
+                 "all recipients were rejected, %zu of %zu only for now (a later attempt "
+                 "may reach those): ",
+                 ntemp, t->nrcpt);
+    else
+        snprintf(t->status.message, sizeof t->status.message, "all recipients were rejected: ");
+    l = strlen(t->status.message);
+    set_text(t->status.message + l, sizeof t->status.message - l,
+             t->text.data ? t->text.data + cite->text_off : "", cite->text_len);
 }
 
 /* A reply in a transaction. */
@@ -1038,7 +1064,7 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
             if (!pipelined)
                 send_cmds(e, t);
         } else {
-            txn_fail_reply(e, t, r);
+            txn_fail_reply(t, r);
             if (!pipelined)
                 txn_finish(e, t);
         }
@@ -1094,7 +1120,7 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
             fatal(e, MLR_ERR_PROTOCOL, 0, r, 0, "unexpected %d reply to DATA", r->code);
             return;
         }
-        txn_fail_reply(e, t, r);
+        txn_fail_reply(t, r);
         txn_finish(e, t);
         return;
     case X_BDAT:
@@ -1104,7 +1130,7 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
             return;
         }
         if (!is_2xx(r->code)) {
-            txn_fail_reply(e, t, r);
+            txn_fail_reply(t, r);
             if (!t->bdat_last && !t->bdat_stopped) {
                 /* RFC 3030 4.2: no further chunks; what is queued still goes */
                 t->bdat_stopped = 1;
@@ -1120,8 +1146,7 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
             if (!t->failed) {
                 memset(&t->status, 0, sizeof t->status);
                 t->status.code = r->code;
-                if (e->caps.flags & MLR_CAP_ENHANCED)
-                    memcpy(t->status.enhanced, r->enhanced, sizeof t->status.enhanced);
+                copy_enhanced(t->status.enhanced, r);
                 set_text(t->status.message, sizeof t->status.message, r->text, r->text_len);
             }
             txn_finish(e, t);
@@ -1142,11 +1167,10 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
             if (is_2xx(r->code)) {
                 memset(&t->status, 0, sizeof t->status);
                 t->status.code = r->code;
-                if (e->caps.flags & MLR_CAP_ENHANCED)
-                    memcpy(t->status.enhanced, r->enhanced, sizeof t->status.enhanced);
+                copy_enhanced(t->status.enhanced, r);
                 set_text(t->status.message, sizeof t->status.message, r->text, r->text_len);
             } else {
-                txn_fail_reply(e, t, r);
+                txn_fail_reply(t, r);
             }
         }
         txn_finish(e, t);
@@ -1262,7 +1286,7 @@ static void on_reply(mlr_smtp *e, const mlr_reply *r)
             if (kind == X_CMD_RSET)
                 e->need_rset = 0;
         } else {
-            status_from_reply(e, &e->cmd, r);
+            status_from_reply(&e->cmd, r);
         }
         pump(e);
         return;

@@ -9,7 +9,7 @@ local core = require "mailer.core"
 
 local M = { _VERSION = core._VERSION, core = core }
 
-local type, pairs, ipairs, tostring, select = type, pairs, ipairs, tostring, select
+local type, pairs, ipairs, tostring, select, next = type, pairs, ipairs, tostring, select, next
 local concat, sort = table.concat, table.sort
 
 -- An input error object for a message field.
@@ -80,6 +80,9 @@ local function add_addresses(m, role, field, v)
       return core.msg_address(m, role, addr, name or "", f)
     end
     return input_error(f, "expected an address string or {name=, address=}, got " .. type(item))
+  end
+  if type(v) == "table" and next(v) == nil then
+    return input_error(field, "the list is empty (give at least one address, or leave " .. field .. " out)")
   end
   if is_list(v) then
     local n = #v
@@ -540,7 +543,7 @@ local function write_outbox(msg, dir, opts)
     return nil, core.error { kind = "input", field = "outbox", message = "outbox: " .. tostring(rerr) }
   end
   return { path = path, accepted = rcpts, rejected = {}, code = 250,
-           message = "written to " .. path }
+           message = "written to " .. path, message_id = msg:header("Message-ID") }
 end
 
 -- mailer.connect(opts) -> conn | nil, err (see mailer.smtp)

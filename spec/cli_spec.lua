@@ -25,6 +25,9 @@ local function run(args, extra_env)
   return how == "exit" and code or 128 + code, slurp(out), slurp(err)
 end
 
+-- The version the module says it is (as the command prints it).
+local function mailer_version() return require("mailer")._VERSION end
+
 local function tmpfile(content, suffix)
   local name = os.tmpname() .. (suffix or "")
   local f = assert(io.open(name, "wb"))
@@ -135,7 +138,129 @@ describe("mailer command", function()
     local typed = f:read("*a")
     f:close()
     os.remove(log); os.remove(big)
-    assert.matches("%[#+%s*%] [%d.]+ [KM]iB / [%d.]+ MiB", typed)
+    -- the total is the encoded message (3 MiB of file is 4 MiB in base64): said so
+    assert.matches("%[#+%s*%] [%d.]+ [KM]iB / [%d.]+ MiB on the wire", typed)
     assert.matches("ETA", typed)
+  end)
+
+  it("exits 67 when some recipients were refused, and says so", function()
+    local code, out, err = run { "send", "--from", "ann@example.com", "--to", "bob@example.com",
+      "--to", "nobody@example.com", "--text", "x", "--server", "smtp://127.0.0.1:" .. srv.port,
+      "--security", "none" }
+    assert.equal(67, code, err)
+    assert.matches("^sent to bob@example%.com: 250 ", out)
+    assert.matches("mailer: rejected nobody@example.com: 550 5.1.1 <nobody@example.com>: no such user (permanent)\n",
+                   err, 1, true)
+    assert.matches("mailer: sent to 1 of 2 recipients, refused for 1 (exit 67)\n", err, 1, true)
+  end)
+
+  it("says plainly that a message written to the outbox was not sent", function()
+    local dir = servers.mkdir("cli-outbox")
+    local code, out, err = run { "send", "--from", "ann@example.com", "--to", "bob@example.com",
+      "--text", "x", "--outbox", dir }
+    assert.equal(0, code)
+    local path = out:match("^(%S+%.eml)\n$")
+    assert.truthy(path)
+    assert.matches("mailer: not sent: without --server the message goes into the outbox (" .. path ..
+                   "); to send it, give --server smtp://HOST (or smtps://HOST)\n", err, 1, true)
+  end)
+
+  it("answers a bad option with one line and a pointer to --help", function()
+    local code, out, err = run { "send", "--from", "a@example.com", "--sever", "smtp://x" }
+    assert.equal(64, code)
+    assert.equal("", out)
+    assert.equal("mailer: unknown option --sever (did you mean --server?)\n" ..
+                 "Run 'mailer --help' for the commands and options.\n", err)
+  end)
+
+  it("--help names every option, every AUTH mechanism and --version; --version names the Lua", function()
+    local code, help = run { "--help" }
+    assert.equal(0, code)
+    for _, name in ipairs(require("mailer.cli").option_names()) do
+      assert.truthy(help:find("%-%-" .. name:gsub("%-", "%%-") .. "[^%w-]"), "--help lacks --" .. name)
+    end
+    local mechs = help:match("%-%-auth MECH(.-)\n  %-%-cafile")
+    for _, mech in ipairs(require("mailer.smtp").options.auth) do
+      assert.truthy(mechs:find(mech, 1, true), "--help lacks --auth " .. mech)
+    end
+    local vcode, version = run { "--version" }
+    assert.equal(0, vcode)
+    local jit = rawget(_G, "jit")
+    assert.equal("mailer " .. mailer_version() .. " (" .. (jit and jit.version or _VERSION) .. ")\n", version)
+  end)
+
+  it("labels the envelope of --dry-run as the envelope", function()
+    local code, out = run { "send", "--from", "ann@example.com", "--to", "bob@example.com",
+      "--bcc", "hidden@example.com", "--text", "x", "--dry-run" }
+    assert.equal(0, code)
+    assert.matches("^envelope from: ann@example%.com\nenvelope to:   bob@example%.com, hidden@example%.com\n" ..
+                   "%s+%(To, Cc and Bcc: the Bcc recipients are in no header%)\n", out)
+    assert.is_nil(out:find("\nto:", 1, true))
+    assert.matches("\nnothing was sent %(%-%-dry%-run%)\n$", out)
+  end)
+
+  it("suggests repeating --to for two addresses in one", function()
+    local code, _, err = run { "send", "--from", "ann@example.com", "--to", "b@example.com, c@example.com",
+      "--text", "x" }
+    assert.equal(65, code)
+    assert.matches("input error: to[1]: ", err, 1, true)
+    assert.matches("(one address per --to: repeat --to for each one)\n", err, 1, true)
+  end)
+
+  describe("against a server with AUTH and no TLS", function()
+    local plain
+    setup(function()
+      plain = servers.aiosmtpd { auth = { user = "ann", password = "secret" }, auth_require_tls = false,
+        reject_rcpt = { ["nobody@example.com"] = "550 5.1.1 no such user", ["later@example.com"] = "451 4.3.0 try later" } }
+    end)
+
+    it("refuses AUTH in clear text, naming --allow-plaintext-auth, and sends with it", function()
+      local args = { "send", "--from", "ann@example.com", "--to", "bob@example.com", "--text", "x",
+        "--server", "smtp://127.0.0.1:" .. plain.port, "--security", "none", "--user", "ann" }
+      local code, _, err = run(args, "MAILER_PASSWORD=secret")
+      assert.equal(69, code)
+      assert.matches("(use TLS, or --allow-plaintext-auth to send them in clear text)", err, 1, true)
+      assert.is_nil(err:find("allow_plaintext_auth", 1, true))
+      args[#args + 1] = "--allow-plaintext-auth"
+      code, _, err = run(args, "MAILER_PASSWORD=secret")
+      assert.equal(0, code, err)
+      local got = plain:wait_messages(1, 5)
+      assert.equal("ann", got[1].auth)
+    end)
+
+    it("names --security when STARTTLS is required but not offered", function()
+      local code, _, err = run { "send", "--from", "ann@example.com", "--to", "bob@example.com", "--text", "x",
+        "--server", "smtp://127.0.0.1:" .. plain.port }
+      assert.equal(69, code)
+      assert.matches("does not offer STARTTLS, and --security starttls requires it (--security starttls-optional " ..
+                     "goes on in clear text when it is missing, --security none never uses TLS)", err, 1, true)
+    end)
+
+    it("exits 75 when every recipient was refused and one only for now, listing each", function()
+      local code, _, err = run { "send", "--from", "ann@example.com", "--to", "nobody@example.com",
+        "--to", "later@example.com", "--text", "x", "--server", "smtp://127.0.0.1:" .. plain.port,
+        "--security", "none" }
+      assert.equal(75, code)
+      assert.matches("mailer: rejected nobody@example.com: 550 5.1.1 no such user (permanent)\n", err, 1, true)
+      assert.matches("mailer: rejected later@example.com: 451 4.3.0 try later (temporary: a later attempt may succeed)\n",
+                     err, 1, true)
+      assert.matches("all recipients were rejected, 1 of 2 only for now", err, 1, true)
+    end)
+  end)
+
+  it("--insecure skips the certificate check the error suggests it for", function()
+    local tls = servers.aiosmtpd { tls = "starttls", cert = "good" }   -- a throwaway CA's certificate
+    local args = { "send", "--from", "ann@example.com", "--to", "bob@example.com", "--text", "x",
+      "--server", "smtp://127.0.0.1:" .. tls.port }
+    local code, _, err = run(args)
+    assert.equal(69, code)
+    assert.matches("tls error: .*certificate verification", err)
+    assert.matches("(--cafile FILE trusts the CA that signed it; --insecure skips the check, " ..
+                   "for a throwaway test server only)", err, 1, true)
+    args[#args + 1] = "--insecure"
+    code, _, err = run(args)
+    assert.equal(0, code, err)
+    local got = tls:wait_messages(1, 5)
+    assert.is_true(got[1].tls)
   end)
 end)

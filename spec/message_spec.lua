@@ -199,6 +199,16 @@ describe("addresses", function()
     end
   end)
 
+  it("says an empty list of addresses is empty", function()
+    for _, role in ipairs { "to", "cc", "bcc", "reply_to" } do
+      local msg, err = mailer.message(base { [role] = {} })
+      assert.is_nil(msg)
+      assert.are.same({ "input", role }, { err.kind, err.field })
+      assert.are.equal(role .. ": the list is empty (give at least one address, or leave " .. role .. " out)",
+                       err.message)
+    end
+  end)
+
   it("accepts the longest legal local part and domain", function()
     local local64 = string.rep("l", 64)
     local dom = string.rep("d", 63) .. "." .. string.rep("e", 63) .. "." .. string.rep("f", 53) .. ".example"

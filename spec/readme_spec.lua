@@ -100,9 +100,58 @@ describe("README text", function()
     assert.truthy(text:find("RSET only after a failed transaction", 1, true))
   end)
 
+  -- The tables under "### Option reference", each as a list of rows
+  -- { name, type, default, meaning }.
+  local function option_tables()
+    local section = assert(text:match("\n### Option reference\n(.-)\n#"), "README has no option reference")
+    local tables, cur = {}, nil
+    for line in (section .. "\n"):gmatch("([^\n]*)\n") do
+      if line:sub(1, 1) == "|" then
+        if not cur then cur = {}; tables[#tables + 1] = cur end
+        if not line:find("^| Option |") and not line:find("^|%-") then
+          local name, typ, default, meaning = line:match("^| `([%w_.]+)` | ([^|]-) | ([^|]-) | ([^|]-) |$")
+          assert.truthy(name, "not a row of four cells: " .. line)
+          for _, cell in ipairs { typ, default, meaning } do assert.is_true(#cell > 0, line) end
+          cur[#cur + 1] = { name, typ, default, meaning }
+        end
+      else
+        cur = nil
+      end
+    end
+    return tables
+  end
+
+  local function names(rows)
+    local out = {}
+    for i, r in ipairs(rows) do out[i] = r[1] end
+    table.sort(out)
+    return out
+  end
+
+  it("has a row for every option the parser knows, and no other", function()
+    local smtp = require "mailer.smtp"
+    local t = option_tables()
+    assert.are.equal(2, #t)
+    local want = {}
+    for _, k in ipairs(smtp.options.connect) do want[#want + 1] = k end
+    for _, k in ipairs(smtp.options.tls) do want[#want + 1] = "tls." .. k end
+    table.sort(want)
+    assert.are.same(want, names(t[1]))
+    assert.are.same(smtp.options.send, names(t[2]))
+    -- each row once
+    for _, rows in ipairs(t) do
+      local seen = {}
+      for _, r in ipairs(rows) do
+        assert.is_nil(seen[r[1]], r[1] .. " twice")
+        seen[r[1]] = true
+      end
+    end
+  end)
+
   it("has each row of the comparison table once", function()
     local seen = {}
-    for row in text:gmatch("\n| ([^|\n]-) |") do
+    local comparison = assert(text:match("\n## Compared with the other Lua mail libraries\n(.-)\n## "))
+    for row in comparison:gmatch("\n| ([^|\n]-) |") do
       assert.is_nil(seen[row], "row '" .. row .. "' twice")
       seen[row] = true
     end

@@ -339,13 +339,21 @@ describe_nginx("the cosocket driver in nginx", function()
     conf = subst(conf, '"/opt/app/lua/%?%.lua;;"', '"' .. nginx.root .. "/lua/?.lua;" .. app .. '/?.lua;;"')
     conf = subst(conf, '"/opt/app/lib/%?%.so;;"', '"' .. nginx.cpath .. ';;"')
     conf = subst(conf, "/etc/ssl/certs/ca%-certificates%.crt", ca.cafile)
-    conf = subst(conf, "\nhttp {\n", "\nhttp {\n  access_log off;\n")   -- not /var/log
-    local r = nginx.start_conf(conf, port, { env = { SMTP_PASSWORD = "secret" } })
+    -- a private prefix, as the README says to make it: its logs go there
+    -- (and nowhere under /var/log)
+    local prefix = servers.mkdir("nginx-readme")
+    assert.is_true(os.rename(servers.mkdir("logs"), prefix .. "/logs"))   -- mkdir -p DIR/logs
+    local r = nginx.start_conf(conf, port, { env = { SMTP_PASSWORD = "secret" }, prefix = prefix })
     for i = 1, 2 do
       local status, body = r:get("/signup")
-      assert.are.equal(200, status, body .. r:error_log():sub(-1500))
+      assert.are.equal(200, status, body .. r:error_log():sub(-1500) ..
+                       (servers.readfile(prefix .. "/logs/error.log") or ""):sub(-1500))
       assert.matches("^sent: ", body)
     end
+    local access = assert(servers.readfile(prefix .. "/logs/access.log"), "no access.log in the prefix")
+    assert.are.equal(2, select(2, access:gsub('"GET /signup HTTP/1%.0" 200', "")))
+    assert.truthy(servers.readfile(prefix .. "/logs/error.log"), "no error.log in the prefix")
+    assert.truthy(servers.readfile(prefix .. "/logs/nginx.pid"), "no nginx.pid in the prefix")
     local got = delivered(s, 2)
     assert.are.equal("Welcome", got[2].subject or mime.parse(got[2].data).subject)
     assert.is_true(got[1].tls)

@@ -46,6 +46,20 @@ describe("smtp against hostile servers (" .. tr.name .. ")", function()
       local c, err = connect(h, { security = "starttls", username = "u", password = "p" })
       assert.is_nil(c)
       assert.are.equal("tls", err.kind)
+      -- and names the choices, as the AUTH error does
+      assert.matches('does not offer STARTTLS, and security = "starttls" requires it', err.message, 1, true)
+      assert.matches('security = "starttls-optional" goes on in clear text', err.message, 1, true)
+      assert.matches('security = "none" never uses TLS', err.message, 1, true)
+      h:wait(5)
+      assert.are.equal("EHLO client.test\r\nQUIT\r\n", h:received())
+    end)
+
+    it("names allow_plaintext_auth when it refuses AUTH without TLS", function()
+      local h = servers.hostile(script("250-mx\r\n250 AUTH PLAIN LOGIN\r\n", { read_all = true }))
+      local c, err = connect(h, { security = "none", username = "u", password = "p" })
+      assert.is_nil(c)
+      assert.are.equal("auth", err.kind)
+      assert.matches("(use TLS, or allow_plaintext_auth = true to send them in clear text)", err.message, 1, true)
       h:wait(5)
       assert.are.equal("EHLO client.test\r\nQUIT\r\n", h:received())
     end)
@@ -230,11 +244,52 @@ describe("smtp against hostile servers (" .. tr.name .. ")", function()
       local r, err = c:send(msg())
       assert.is_nil(r)
       assert.are.equal("smtp", err.kind)
-      assert.are.equal(550, err.code)
+      -- one refusal was only for now: the error is temporary, cites that
+      -- one, and says that the other was not
+      assert.are.same({ 451, "4.3.0", true }, { err.code, err.enhanced, err.temporary })
+      assert.matches("all recipients were rejected, 1 of 2 only for now", err.message, 1, true)
       assert.are.equal(2, #err.rejected)
+      assert.are.same({ "b@example.com", 550, false }, { err.rejected[1].address, err.rejected[1].code,
+                                                          err.rejected[1].temporary })
+      assert.are.same({ "c@example.com", 451, true }, { err.rejected[2].address, err.rejected[2].code,
+                                                         err.rejected[2].temporary })
       c:close()
       h:wait(5)
       assert.is_nil(h:received():find("Subject", 1, true))
+    end)
+
+    it("reports every recipient refused for good as permanent, citing the first", function()
+      local h = servers.hostile(script(caps,
+        { expect = "MAIL" }, { expect = "RCPT" }, { expect = "RCPT" }, { expect = "DATA" },
+        { send = "250 ok\r\n550 5.1.1 no such user\r\n553 5.1.3 bad address\r\n554 5.5.1 no valid recipients\r\n" },
+        { expect = "QUIT" }, { send = "221 bye\r\n" }, { read_all = true }))
+      local c = assert(connect(h))
+      local r, err = c:send(msg())
+      assert.is_nil(r)
+      assert.are.same({ 550, "5.1.1", false }, { err.code, err.enhanced, err.temporary })
+      assert.matches("all recipients were rejected: 5.1.1 no such user", err.message, 1, true)
+      c:close()
+    end)
+
+    it("takes enhanced codes the server did not announce, when their class agrees", function()
+      -- no ENHANCEDSTATUSCODES in the EHLO reply, as aiosmtpd and many others
+      local h = servers.hostile(script("250-mx\r\n250 PIPELINING\r\n",
+        { expect = "MAIL" }, { expect = "RCPT" }, { expect = "RCPT" }, { expect = "RCPT" }, { expect = "DATA" },
+        { send = "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n451 5.0.0 class does not agree\r\n" ..
+                 "354 go\r\n" },
+        { expect_data = true }, { send = "250 2.0.0 queued\r\n" }, { expect = "QUIT" }, { send = "221 bye\r\n" }))
+      local c = assert(connect(h))
+      local m = assert(mailer.message { from = "a@example.com", to = { "b@example.com", "c@example.com", "d@example.com" },
+                                        subject = "s", text = "body" })
+      local r, err = c:send(m)
+      assert.is_nil(err)
+      assert.are.equal("2.0.0", r.enhanced)
+      assert.are.same({ "b@example.com" }, r.accepted)
+      assert.are.same({ "c@example.com", 550, "5.1.1" }, { r.rejected[1].address, r.rejected[1].code, r.rejected[1].enhanced })
+      -- a 4xx reply whose text starts with 5.0.0 has no enhanced code (RFC 2034: they must agree)
+      assert.are.same({ "d@example.com", 451 }, { r.rejected[2].address, r.rejected[2].code })
+      assert.is_nil(r.rejected[2].enhanced)
+      c:close()
     end)
 
     local steps421 = {

@@ -46,6 +46,7 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     assert.are.same({ "bob@example.com", "carol@example.com" }, receipt.accepted)
     assert.are.same({}, receipt.rejected)
     assert.is_string(receipt.message)
+    assert.are.equal(msg:header("Message-ID"), receipt.message_id)
     conn:close()
     local got = s:wait_messages(1, 5)
     assert.are.equal(1, #got)
@@ -53,6 +54,9 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     assert.are.same({ "bob@example.com", "carol@example.com" }, got[1].rcpt_tos)
     local p = assert_delivered(got[1], msg)
     assert.are.equal("Grüße über SMTP", p.subject)
+    -- the Message-ID the receipt gives is the one the recipient sees
+    assert.matches("^<[^<>@]+@example%.com>$", receipt.message_id)
+    assert.are.equal(receipt.message_id, p.headers["message-id"][1])
   end)
 
   it("uses STARTTLS with a verified certificate and authenticates", function()
@@ -134,7 +138,10 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
     list[6] = { from = "not an address", to = "x@example.com", subject = "bad", text = "x" }
     local results = conn:send_many(list)
     assert.are.equal(6, #results)
-    for i = 1, 5 do assert.are.equal(250, results[i].code) end
+    for i = 1, 5 do
+      assert.are.equal(250, results[i].code)
+      assert.are.equal(msgs[i]:header("Message-ID"), results[i].message_id)
+    end
     assert.are.equal("input", results[6].error.kind)
     -- iterator form, reusing the connection
     local i = 0
@@ -195,10 +202,20 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
 
   it("mailer.send connects, sends and quits", function()
     local s = servers.aiosmtpd {}
-    local receipt, err = tr.send(msg_table(), { host = s.host, port = s.port, security = "none" })
+    local receipt, err = tr.send(msg_table { message_id = "<given.1@example.com>" },
+                                 { host = s.host, port = s.port, security = "none" })
     assert.is_nil(err)
     assert.are.equal(250, receipt.code)
+    assert.are.equal("<given.1@example.com>", receipt.message_id)
     assert.are.equal(1, #s:wait_messages(1, 5))
+    -- the outbox receipt carries it too
+    local dir = servers.mkdir("outbox-receipt")
+    local m = assert(mailer.message(msg_table()))
+    local r = assert(tr.send(m, { outbox = dir }))
+    assert.are.equal(m:header("Message-ID"), r.message_id)
+    local f = assert(io.open(r.path, "rb"))
+    assert.matches("\r\nMessage%-ID: " .. r.message_id:gsub("%p", "%%%0") .. "\r\n", f:read("*a"))
+    f:close()
   end)
 
   it("closes idempotently; use after close raises; __close works", function()
@@ -271,3 +288,47 @@ describe("smtp against aiosmtpd (" .. tr.name .. ")", function()
   end)
 end)
 end
+
+describe("option mistakes", function()
+  local m = assert(mailer.message { from = "a@example.com", to = "b@example.com", text = "x" })
+
+  -- The error a call raises (it must raise).
+  local function raised(f)
+    local ok, e = pcall(f)
+    assert.is_false(ok, "no error raised")
+    return tostring(e)
+  end
+
+  it("name the function the caller called, the argument and the option, where it was called", function()
+    local e = raised(function() mailer.send(m, { hots = "smtp.example.com" }) end)
+    assert.matches("^[^:]*smtp_send_spec%.lua:%d+: bad argument #2 to 'send' " ..
+                   "%(unknown option 'hots'; did you mean 'host'%?%)$", e)
+    e = raised(function() mailer.connect { hots = "smtp.example.com" } end)
+    assert.matches("^[^:]*smtp_send_spec%.lua:%d+: bad argument #1 to 'connect' %(unknown option 'hots'", e)
+    e = raised(function() mailer.send(m, { host = "h", port = "25" }) end)
+    assert.matches("smtp_send_spec%.lua:%d+: bad argument #2 to 'send' %(port: number expected, got string%)$", e)
+    -- send options: argument #3 of mailer.send, raised before connecting
+    e = raised(function() mailer.send(m, { host = "h" }, { progres = function() end }) end)
+    assert.matches("smtp_send_spec%.lua:%d+: bad argument #3 to 'send' " ..
+                   "%(unknown option 'progres'; did you mean 'progress'%?%)$", e)
+    e = raised(function() mailer.send(m, { host = "h" }, { envelope = { from = 1 } }) end)
+    assert.matches("bad argument #3 to 'send' (envelope.from: string expected, got number)", e, 1, true)
+  end)
+
+  it("suggest the nearest option, or list them all", function()
+    local cases = {
+      { { host = "h", pasword = "x" }, "did you mean 'password'?" },
+      { { host = "h", user = "ann" }, "did you mean 'username'?" },
+      { { host = "h", secure = true }, "did you mean 'security'?" },
+      { { host = "h", timout = 5 }, "did you mean 'timeout'?" },
+      { { host = "h", Port = 25 }, "did you mean 'port'?" },
+      { { host = "h", tls = { verfy = false } }, "(tls: unknown option 'verfy'; did you mean 'verify'?)" },
+      { { host = "h", tls = { ca = "x.pem" } }, "did you mean 'cafile'?" },
+    }
+    for _, c in ipairs(cases) do
+      assert.matches(c[2], raised(function() mailer.connect(c[1]) end), 1, true)
+    end
+    local e = raised(function() mailer.connect { host = "h", zzzzzz = 1 } end)
+    assert.matches("(unknown option 'zzzzzz'; the options are allow_plaintext_auth, auth, chunking, ", e, 1, true)
+  end)
+end)

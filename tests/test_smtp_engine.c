@@ -755,8 +755,27 @@ static void faults(void)
             .quit = 1,
             .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.com>\r\n"
                              "RCPT TO:<y@example.com>\r\nQUIT\r\n",
+            /* one refusal was temporary: so is the whole (it cites that one) */
+            .want_txn_err = {MLR_ERR_SMTP},
+            .want_txn_code = {451},
+            .want_temporary = {1},
+            .want_msg_sub = "1 of 2 only for now",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "all recipients rejected for good: permanent, the first refusal",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, "S:250 mx\r\n", "S:250 ok\r\n", "S:550 5.1.1 no\r\n", "S:553 5.1.3 bad\r\n",
+                      "S:250 reset\r\n", "S:221 bye\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"x@example.com", "y@example.com"}, .body = "b"}},
+            .quit = 1,
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.com>\r\n"
+                             "RCPT TO:<y@example.com>\r\nQUIT\r\n",
             .want_txn_err = {MLR_ERR_SMTP},
             .want_txn_code = {550},
+            .want_msg_sub = "all recipients were rejected: 5.1.1 no",
         };
         check1(&c);
     }

@@ -1,7 +1,9 @@
 -- The mailer command: `mailer send ...`, `mailer render ...` and
 -- `mailer queue add|list|run|retry|remove --dir DIR ...`.
--- Exit codes (sysexits): 0 sent / written, 64 bad command line, 65 bad
--- message input (address, header, missing file), 69 permanent failure (the
+-- Exit codes (sysexits): 0 sent to every recipient / written, 64 bad
+-- command line, 65 bad message input (address, header, missing file), 67
+-- sent to some recipients but refused for others (sendmail's EX_NOUSER:
+-- sending again would reach the others twice), 69 permanent failure (the
 -- server refused, TLS or authentication failed), 75 temporary failure (try
 -- again later: network, timeout, 4xx), 1 anything else. `queue run` exits 0
 -- when nothing failed for good (deferred entries are the queue's business),
@@ -10,7 +12,7 @@ local mailer = require "mailer"
 
 local M = {}
 
-local EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 65, 69, 75
+local EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 65, 67, 69, 75
 
 -- Text from the server (replies in the trace, in errors and receipts) may
 -- hold ESC and other control characters: escaped before it reaches the
@@ -18,16 +20,18 @@ local EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL = 0, 64, 65, 69, 
 local esc = mailer.core.escape
 
 local usage = [[
-usage: mailer send   [options]   send the message (to ./outbox/ without --server)
+usage: mailer send   [options]   send the message (without --server: written to ./outbox/, not sent)
        mailer render [options]   print the message instead of sending it
        mailer queue add    --dir DIR [options]      add the message to a queue (as send --queue DIR)
        mailer queue list   --dir DIR [--json]       entries: state, attempts, next attempt, last error
        mailer queue run    --dir DIR [--server ...] deliver what is due (credentials as for send)
        mailer queue retry  --dir DIR ID...          make entries due now (failed ones too)
        mailer queue remove --dir DIR ID...          delete entries
+       mailer --version                             the version, and the Lua it runs on
+       mailer --help                                this text
 
 message:
-  --from ADDR            sender (required)          --to ADDR      recipient (repeat)
+  --from ADDR            sender (required)          --to ADDR      recipient (repeat for each one)
   --cc ADDR / --bcc ADDR / --reply-to ADDR (repeat)  --subject TEXT
   --text TEXT | --text-file FILE (- for stdin)       --html TEXT | --html-file FILE
   --attach FILE          attachment (repeat)         --inline FILE=CID   inline image (repeat)
@@ -35,14 +39,23 @@ message:
 delivery:
   --server smtp://host[:port] | smtps://host[:port]  (smtp: port 587 + STARTTLS, smtps: 465 + TLS)
   --security tls|starttls|starttls-optional|none     --user USER  (password: $MAILER_PASSWORD or a prompt)
-  --auth MECH            plain, login, cram-md5, xoauth2, oauthbearer  (token: $MAILER_TOKEN)
+  --auth MECH            scram-sha-256, cram-md5, plain, login, xoauth2 or oauthbearer (token:
+                         $MAILER_TOKEN); default: the strongest the server offers
   --cafile FILE          CA bundle for verifying the server
   --timeout SECONDS      per step (default 30)      --outbox DIR   where send writes without --server
   --queue DIR            add to the queue in DIR instead of sending (--server is stored, never the password)
   --max-age SECONDS      queue run: give up on entries older than this (default 432000, 5 days)
   --trace                the SMTP transcript on stderr (secrets redacted)
-  --dry-run              build and check the message, print the envelope, send nothing
-exit codes: 0 ok, 64 usage, 65 bad input, 69 permanent failure, 75 temporary failure
+  --dry-run              build and check the message, print its envelope, send nothing
+  (on a terminal, messages over 1 MiB get a progress bar; it counts the message as encoded
+  for the wire, where base64 makes attachments a third larger)
+unsafe, for a throwaway test server only:
+  --allow-plaintext-auth send the password even without TLS: anyone on the path can read it
+  --insecure             do not verify the server's certificate or name: anyone on the path can
+                         pose as the server and read the password and the message
+exit codes: 0 sent to every recipient (or written), 64 usage, 65 bad input, 67 sent to some
+  recipients but refused for others (do not send it again to all), 69 permanent failure,
+  75 temporary failure (try again later)
 ]]
 
 local repeatable = { to = true, cc = true, bcc = true, ["reply-to"] = true, attach = true,
@@ -50,8 +63,20 @@ local repeatable = { to = true, cc = true, bcc = true, ["reply-to"] = true, atta
 local valued = { from = true, subject = true, text = true, ["text-file"] = true, html = true,
   ["html-file"] = true, server = true, security = true, user = true, auth = true, cafile = true,
   timeout = true, outbox = true, queue = true, dir = true, ["max-age"] = true }
-local flags = { trace = true, ["dry-run"] = true, help = true, version = true, json = true }
+local flags = { trace = true, ["dry-run"] = true, help = true, version = true, json = true,
+  ["allow-plaintext-auth"] = true, insecure = true }
 local queue_commands = { add = true, list = true, run = true, retry = true, remove = true }
+
+-- Every option the command takes, sorted (the spec checks that --help
+-- names each).
+function M.option_names()
+  local out = {}
+  for _, set in ipairs { repeatable, valued, flags } do
+    for k in pairs(set) do out[#out + 1] = k end
+  end
+  table.sort(out)
+  return out
+end
 
 -- Parse argv into {command, options}; nil, message on a usage error.
 -- For `queue SUB`, options.sub is SUB and options.ids the other arguments.
@@ -100,7 +125,10 @@ function M.parse(argv)
         o[name] = v
       end
     else
-      return nil, "unknown option --" .. name
+      local known = {}
+      for _, k in ipairs(M.option_names()) do known[k] = true end
+      local near = require("mailer.smtp")._nearest(name, known)
+      return nil, "unknown option --" .. name .. (near and (" (did you mean --" .. near .. "?)") or "")
     end
     i = i + 1
   end
@@ -216,7 +244,9 @@ local function progress_bar(stderr, clock)
     local width = 30
     local fill = math.floor(frac * width + 0.5)
     local eta = rate > 0 and (total - sent) / rate or 0
-    stderr:write(string.format("\r[%s%s] %s / %s  %s/s  ETA %ds ", string.rep("#", fill),
+    -- sent and total count the message as encoded for the wire (base64
+    -- makes an attachment a third larger than its file)
+    stderr:write(string.format("\r[%s%s] %s / %s on the wire  %s/s  ETA %ds ", string.rep("#", fill),
       string.rep(" ", width - fill), human(sent), human(total), human(rate), math.ceil(eta)))
     if sent >= total then stderr:write("\n") end
     stderr:flush()
@@ -237,7 +267,8 @@ local function server_table(o, env, with_secrets)
       return nil, EX_USAGE, "--timeout needs a number of seconds over 0, at most 86400 (a day)"
     end
   end
-  if o.cafile then server.tls = { cafile = o.cafile } end
+  if o.cafile or o.insecure then server.tls = { cafile = o.cafile, verify = not o.insecure } end
+  if o["allow-plaintext-auth"] then server.allow_plaintext_auth = true end
   if o.auth then server.auth = o.auth end
   if o.user and with_secrets then
     server.username = o.user
@@ -266,6 +297,29 @@ local queue_main
 local function fail(io_err, code, msg)
   io_err:write("mailer: ", esc(msg), "\n")
   return code
+end
+
+-- An error from sending as the command's user should read it: the Lua
+-- options it names become the flags that set them, and a certificate
+-- that failed verification gets the two ways out.
+local function cli_words(err)
+  local text = tostring(err)
+  text = text:gsub('security = "([%w-]+)"', "--security %1")
+             :gsub("allow_plaintext_auth = true", "--allow-plaintext-auth")
+  if type(err) == "table" and err.kind == "tls" and text:find("certificate verification", 1, true) then
+    text = text .. " (--cafile FILE trusts the CA that signed it; --insecure skips the check, " ..
+                   "for a throwaway test server only)"
+  end
+  return text
+end
+
+-- A refused recipient, as a line for stderr (the server's text begins
+-- with the enhanced code, when it has one).
+local function refusal(r)
+  local text = tostring(r.message or "")
+  if r.enhanced and text:sub(1, #r.enhanced) ~= r.enhanced then text = r.enhanced .. " " .. text end
+  return ("rejected %s: %s %s (%s)"):format(esc(tostring(r.address)), tostring(r.code or ""), esc(text),
+    r.temporary and "temporary: a later attempt may succeed" or "permanent")
 end
 
 -- The exit code for an error object.
@@ -358,12 +412,12 @@ queue_main = function(o, env)
       end
     end
     local st, err = q:run(ropts)
-    if not st then return fail(stderr, exit_code(err), tostring(err)) end
+    if not st then return fail(stderr, exit_code(err), cli_words(err)) end
     stdout:write(("sent %d, deferred %d, failed %d"):format(st.sent, st.deferred, st.failed))
     if st.busy > 0 then stdout:write((", busy %d"):format(st.busy)) end
     if st.corrupt > 0 then stdout:write((", corrupt %d (see mailer queue list)"):format(st.corrupt)) end
     stdout:write("\n")
-    for _, e in ipairs(st.errors or {}) do stderr:write("mailer: ", tostring(e), "\n") end
+    for _, e in ipairs(st.errors or {}) do stderr:write("mailer: ", esc(cli_words(e)), "\n") end
     if st.failed > 0 then return EX_UNAVAILABLE end
     if st.corrupt > 0 then return EX_DATAERR end
     if st.errors then return EX_TEMPFAIL end
@@ -387,11 +441,15 @@ function M.main(argv, env)
   local stdout, stderr = env.stdout or io.stdout, env.stderr or io.stderr
   local cmd, o = M.parse(argv)
   if not cmd then
-    stderr:write("mailer: ", o, "\n", usage)
+    stderr:write("mailer: ", esc(o), "\n", "Run 'mailer --help' for the commands and options.\n")
     return EX_USAGE
   end
   if cmd == "help" then stdout:write(usage) return EX_OK end
-  if cmd == "version" then stdout:write("mailer ", mailer._VERSION, "\n") return EX_OK end
+  if cmd == "version" then
+    local jit = rawget(_G, "jit")
+    stdout:write("mailer ", mailer._VERSION, " (", jit and jit.version or _VERSION, ")\n")
+    return EX_OK
+  end
   if cmd == "queue" then
     if o.sub ~= "add" then return queue_main(o, env) end
     o.queue = o.dir
@@ -400,7 +458,15 @@ function M.main(argv, env)
   local t, terr = message_table(o)
   if not t then return fail(stderr, EX_USAGE, terr) end
   local msg, err = mailer.message(t)
-  if not msg then return fail(stderr, exit_code(err), tostring(err)) end
+  if not msg then
+    -- "a@x, b@y" in one --to: the way to give two is to repeat the option
+    local role, i = tostring(err.field):match("^([%a_]+)%[(%d+)%]$")
+    local opt = role and role:gsub("_", "-")
+    local given = opt and repeatable[opt] and o[opt][tonumber(i)]
+    local hint = given and given:find("[,;]") and
+      (" (one address per --%s: repeat --%s for each one)"):format(opt, opt) or ""
+    return fail(stderr, exit_code(err), tostring(err) .. hint)
+  end
 
   if cmd == "render" then
     local ok, e = pcall(function()
@@ -412,8 +478,13 @@ function M.main(argv, env)
 
   local from, rcpts = msg:envelope()
   if o["dry-run"] then
-    stdout:write("from: ", from, "\n", "to: ", table.concat(rcpts, ", "), "\n",
-      "size: ", tostring(msg:size() or "unknown"), " bytes\n", "message-id: ", msg:header("Message-ID"), "\n")
+    -- the envelope is what the server is told (Bcc included), not the headers
+    stdout:write("envelope from: ", from, "\n", "envelope to:   ", table.concat(rcpts, ", "), "\n")
+    if #o.bcc > 0 then
+      stdout:write("               (To, Cc and Bcc: the Bcc recipients are in no header)\n")
+    end
+    stdout:write("size:          ", tostring(msg:size() or "unknown"), " bytes as sent\n",
+      "message-id:    ", msg:header("Message-ID"), "\n", "nothing was sent (--dry-run)\n")
     return EX_OK
   end
 
@@ -435,6 +506,8 @@ function M.main(argv, env)
     local receipt, e = mailer.send(msg, { outbox = o.outbox or "outbox" })
     if not receipt then return fail(stderr, exit_code(e), tostring(e)) end
     stdout:write(receipt.path, "\n")
+    stderr:write("mailer: not sent: without --server the message goes into the outbox (",
+      esc(receipt.path), "); to send it, give --server smtp://HOST (or smtps://HOST)\n")
     return EX_OK
   end
 
@@ -447,13 +520,24 @@ function M.main(argv, env)
     send_opts.progress = progress_bar(stderr, env.clock or (ok and socket.gettime) or os.time)
   end
   local receipt, e = mailer.send(msg, server, send_opts)
-  if not receipt then return fail(stderr, exit_code(e), tostring(e)) end
+  if not receipt then
+    for _, r in ipairs(type(e) == "table" and e.rejected or {}) do
+      stderr:write("mailer: ", refusal(r), "\n")
+    end
+    return fail(stderr, exit_code(e), cli_words(e))
+  end
   for _, r in ipairs(receipt.rejected or {}) do
-    stderr:write("mailer: rejected ", esc(r.address), ": ", tostring(r.code or ""), " ",
-      esc(tostring(r.enhanced or "")), " ", esc(tostring(r.message or "")), "\n")
+    stderr:write("mailer: ", refusal(r), "\n")
   end
   stdout:write("sent to ", esc(table.concat(receipt.accepted, ", ")), ": ",
     tostring(receipt.code or ""), " ", esc(tostring(receipt.message or "")), "\n")
+  local refused = #(receipt.rejected or {})
+  if refused > 0 then
+    -- delivered to some: a script must not simply send it again to all
+    stderr:write(("mailer: sent to %d of %d recipients, refused for %d (exit %d)\n")
+      :format(#receipt.accepted, #receipt.accepted + refused, refused, EX_NOUSER))
+    return EX_NOUSER
+  end
   return EX_OK
 end
 

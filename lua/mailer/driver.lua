@@ -476,7 +476,9 @@ local function queue(self, msg, opts)
     end
     return nil, err
   end
-  return { slot = slot, reported = 0 }
+  -- (the receipt carries the Message-ID: nil for a raw message, whose
+  -- header fields are not read)
+  return { slot = slot, reported = 0, message_id = msg:header("Message-ID") }
 end
 
 -- The outcome of a finished record as send returns it, with a callback
@@ -484,6 +486,7 @@ end
 local function outcome(rec)
   local cb_err = rec.cb_err
   if rec.res then
+    rec.res.message_id = rec.message_id
     if cb_err ~= nil then rec.res.callback_error = cb_err end
     return rec.res
   end

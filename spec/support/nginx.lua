@@ -135,16 +135,18 @@ end
 M.root, M.cpath = ROOT, CPATH
 
 -- nginx.start_conf(conf_text, port, { env = {NAME = value}, prefix = }) -> n:
--- an nginx.conf of the caller's (it must listen on 127.0.0.1:port); pid,
--- daemon off, the error log (and user root when root) are given on the
--- command line, so the text needs none of them.
+-- an nginx.conf of the caller's (it must listen on 127.0.0.1:port); pid
+-- (unless the text sets it), daemon off, the error log of the start (and
+-- user root when root) are given on the command line, so the text needs
+-- none of them.
 function M.start_conf(conf, port, opts)
   opts = opts or {}
   local ok, why = M.available()
   if not ok then error("support.nginx: " .. why, 2) end
   local prefix = opts.prefix or servers.mkdir("nginx")
   writefile(prefix .. "/nginx.conf", conf)
-  local globals = "daemon off; pid " .. prefix .. "/nginx.pid;"
+  local globals = "daemon off;"
+  if not conf:find("\npid ") then globals = globals .. " pid " .. prefix .. "/nginx.pid;" end
   if is_root() and not conf:find("\nuser ") then globals = globals .. " user root;" end
   if conf:find("\ndaemon ") then globals = "" end
   local env = ""
