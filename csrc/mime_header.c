@@ -509,7 +509,7 @@ static size_t ct_token(const char *s, size_t i, size_t n)
 
 int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errlen)
 {
-    size_t i = 0, t, st, attr[CT_MAX_PARAMS], alen[CT_MAX_PARAMS], np = 0, k;
+    size_t i = 0, t, st, attr[CT_MAX_PARAMS], alen[CT_MAX_PARAMS], np = 0, k, out;
     mlr_buf tok;
     int rc = MLR_OK;
     if (n > CT_MAX_LEN)
@@ -531,6 +531,7 @@ int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errle
         return ct_fail(err, errlen, "cannot be multipart/* (mailer builds the structure)");
     if (f && (rc = mlr_fold_add(f, " ", 1, s + t, i - t)))
         return rc;
+    out = i - t;   /* the length of the value as written, checked as it grows */
     mlr_buf_init(&tok, f ? f->b->a : mlr_default_alloc());
     while (rc == MLR_OK) {
         size_t a, al, v, vl;
@@ -603,6 +604,23 @@ int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errle
         }
         attr[np] = a;
         alen[np++] = al;
+        {   /* "; attribute=value" as it will be written (quotes, escapes): the
+               written value must read back within the limit too */
+            size_t j, uc = 0, sp = 0;
+            int plain = 1;
+            for (j = v; j < v + vl; j++) {
+                if (quoted && s[j] == '\\')
+                    j++;
+                uc++;
+                sp += s[j] == '"' || s[j] == '\\';
+                plain &= ct_tchar((unsigned char)s[j]);
+            }
+            out += 2 + al + 1 + (plain && uc ? uc : uc + sp + 2);
+            if (out > CT_MAX_LEN) {
+                rc = ct_fail(err, errlen, "is too long once written with its quotes");
+                break;
+            }
+        }
         if (!f)
             continue;
         /* attribute=value, the value a token when it can be one, else a
