@@ -916,6 +916,18 @@ static int msg_header(lua_State *L)
     return 1;
 }
 
+/* msg:message_id() -> the Message-ID field's value, or nil (a raw message) */
+static int msg_message_id(lua_State *L)
+{
+    lmsg *lm = check_finished(L);
+    const char *id = mlr_msg_message_id(lm->m);
+    if (id)
+        lua_pushstring(L, id);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* msg:size() -> exact rendered size in octets, or nil when a source has
  * no announced size */
 static int msg_size(lua_State *L)
@@ -941,7 +953,8 @@ static int msg_tostring(lua_State *L)
 }
 
 static const luaL_Reg msg_methods[] = {
-    {"envelope", msg_envelope}, {"header", msg_header}, {"size", msg_size}, {NULL, NULL}};
+    {"envelope", msg_envelope}, {"header", msg_header}, {"size", msg_size},
+    {"message_id", msg_message_id}, {NULL, NULL}};
 
 static const luaL_Reg render_methods[] = {
     {"next", render_next}, {"supply", render_supply}, {NULL, NULL}};

@@ -1124,6 +1124,8 @@ const char *mlr_msg_env_rcpt(const mlr_msg *m, size_t i)
 
 int mlr_msg_needs_smtputf8(const mlr_msg *m) { return m->smtputf8; }
 
+const char *mlr_msg_message_id(const mlr_msg *m) { return m->raw ? NULL : m->msgid; }
+
 uint64_t mlr_msg_size(const mlr_msg *m) { return m->size; }
 
 const char *mlr_msg_header(const mlr_msg *m, const char *name, size_t nlen, mlr_buf *out)

@@ -124,6 +124,8 @@ const char *mlr_msg_env_rcpt(const mlr_msg *m, size_t i);
  * message needs SMTPUTF8. (International domains never do: they are kept
  * as A-labels when the local part is ASCII, see mlr_addr_idna.) */
 int mlr_msg_needs_smtputf8(const mlr_msg *m);
+/* The Message-ID field's value ("<...>"), NULL for a raw message. */
+const char *mlr_msg_message_id(const mlr_msg *m);
 /* Exact rendered size in octets when every source has a known size, else 0
  * (the DKIM-Signature field included when the message is signed). */
 uint64_t mlr_msg_size(const mlr_msg *m);

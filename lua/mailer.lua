@@ -543,7 +543,7 @@ local function write_outbox(msg, dir, opts)
     return nil, core.error { kind = "input", field = "outbox", message = "outbox: " .. tostring(rerr) }
   end
   return { path = path, accepted = rcpts, rejected = {}, code = 250,
-           message = "written to " .. path, message_id = msg:header("Message-ID") }
+           message = "written to " .. path, message_id = msg:message_id() }
 end
 
 -- mailer.connect(opts) -> conn | nil, err (see mailer.smtp)

@@ -478,7 +478,7 @@ local function queue(self, msg, opts)
   end
   -- (the receipt carries the Message-ID: nil for a raw message, whose
   -- header fields are not read)
-  return { slot = slot, reported = 0, message_id = msg:header("Message-ID") }
+  return { slot = slot, reported = 0, message_id = msg:message_id() }
 end
 
 -- The outcome of a finished record as send returns it, with a callback
