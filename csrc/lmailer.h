@@ -73,6 +73,11 @@ struct mlr_sock;
  * socket's send timeout); NULL when idx is not an open mailer.Socket.
  * Bytes that receive() buffered in the userdata are not visible there. */
 struct mlr_sock *mlr_lua_tosocket(lua_State *L, int idx);
+/* What the mailer.Socket at idx has received, as sock:receiveany would
+ * return it but without a Lua string: the count (> 0) with *p set (valid
+ * until the next read), 0 when the peer closed or the socket is closed,
+ * or a negative mlr_err (MLR_ERR_TIMEOUT, ...) with err set. */
+long mlr_lua_socket_recv(lua_State *L, int idx, const char **p, char *err, size_t errlen);
 
 /* Registration of each binding part into the module table at the top. */
 void mlr_open_message(lua_State *L);

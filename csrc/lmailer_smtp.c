@@ -598,6 +598,31 @@ static int e_write_to(lua_State *L)
     return 1;
 }
 
+/* e:read_from(sock) -> true | nil, err, kind: feed the engine what a C
+ * socket (mailer.Socket) received, without a Lua string between them;
+ * errors as sock:receiveany gives them ("timeout", "closed", ...). */
+static int e_read_from(lua_State *L)
+{
+    leng *le = check_engine(L);
+    const char *p = NULL;
+    char err[256] = "";
+    long n = mlr_lua_socket_recv(L, 2, &p, err, sizeof err);
+    if (n > 0) {
+        mlr_smtp_feed(le->e, (const uint8_t *)p, (size_t)n);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    if (n == 0)
+        lua_pushliteral(L, "closed");
+    else if (n == MLR_ERR_TIMEOUT)
+        lua_pushliteral(L, "timeout");
+    else
+        lua_pushstring(L, err);
+    lua_pushstring(L, n == 0 ? "network" : mlr_err_kind((int)n));
+    return 3;
+}
+
 /* core.is_socket(v) -> true when v is a mailer.Socket (open or not) */
 static int l_is_socket(lua_State *L)
 {
@@ -903,7 +928,7 @@ static int e_tostring(lua_State *L)
 
 static const luaL_Reg engine_methods[] = {
     {"want", e_want},         {"pending", e_pending},       {"consume", e_consume},
-    {"write_to", e_write_to},
+    {"write_to", e_write_to}, {"read_from", e_read_from},
     {"feed", e_feed},         {"eof", e_eof},               {"tls_done", e_tls_done},
     {"fail", e_fail},         {"status", e_status},         {"capabilities", e_caps},
     {"step_id", e_step_id},   {"step_name", e_step_name},

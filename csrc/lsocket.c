@@ -627,6 +627,25 @@ struct mlr_sock *mlr_lua_tosocket(lua_State *L, int idx)
     return ls ? open_sock(ls) : NULL;
 }
 
+long mlr_lua_socket_recv(lua_State *L, int idx, const char **p, char *err, size_t errlen)
+{
+    lsock *ls = luaL_testudata(L, idx, SOCK_MT);
+    long r;
+    if (!ls)
+        return MLR_ERR_STATE;
+    if (ls->rpos == ls->rlen) {   /* as receiveany: what is buffered first */
+        if (!open_sock(ls))
+            return 0;
+        r = fill(ls, mlr_clock_ms() + mlr_sock_read_timeout(ls->s), err, errlen);
+        if (r <= 0)
+            return r;
+    }
+    *p = ls->rbuf + ls->rpos;
+    r = (long)(ls->rlen - ls->rpos);
+    ls->rpos = ls->rlen;
+    return r;
+}
+
 static const luaL_Reg sock_methods[] = {
     {"settimeouts", l_settimeouts},
     {"settimeout", l_settimeout},

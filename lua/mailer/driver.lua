@@ -288,6 +288,7 @@ end
 -- Read what has arrived into the engine. true, or nil, err, kind.
 local function read_some(self)
   local sock, e = self.sock, self.e
+  if self.zero_copy then return e:read_from(sock) end   -- C socket: no Lua string
   local got, err, kind = sock:receiveany(65536)
   if not got then return nil, err, kind end
   e:feed(got)
