@@ -531,7 +531,7 @@ int mlr_fold_ctype(mlr_fold *f, const char *s, size_t n, char *err, size_t errle
         return ct_fail(err, errlen, "cannot be multipart/* (mailer builds the structure)");
     if (f && (rc = mlr_fold_add(f, " ", 1, s + t, i - t)))
         return rc;
-    out = i - t;   /* the length of the value as written, checked as it grows */
+    out = 1 + i - t;   /* the value as written (" type/subtype"...), checked as it grows */
     mlr_buf_init(&tok, f ? f->b->a : mlr_default_alloc());
     while (rc == MLR_OK) {
         size_t a, al, v, vl;
