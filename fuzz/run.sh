@@ -34,7 +34,10 @@ run_one() { # target
   [ -d "fuzz/corpus/$t" ] && cp -n fuzz/corpus/"$t"/* "$work"/ 2>/dev/null
   [ -f "fuzz/dict/$t.dict" ] && args+=("-dict=fuzz/dict/$t.dict")
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
-  "$bin" "${args[@]}" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
+  # -timeout is wall time: in CI the fuzzers run at nice 19 beside the
+  # suites and can be starved for seconds, so a unit gets FUZZ_TIMEOUT
+  # (60 s) before it counts as a hang
+  "$bin" "${args[@]}" -max_total_time="$SECS" -timeout="${FUZZ_TIMEOUT:-60}" -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$OUT/crashes/$t-" "$work" >"$OUT/logs/$t.log" 2>&1
 }
 
