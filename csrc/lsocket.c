@@ -156,6 +156,15 @@ static int l_settimeout(lua_State *L)
     return 1;
 }
 
+/* The port argument at idx: an integer 1..65535 (raises otherwise). */
+static unsigned check_port(lua_State *L, int idx)
+{
+    lua_Number port = luaL_checknumber(L, idx);
+    if (!(port >= 1 && port <= 65535) || port != (lua_Number)(unsigned)port)
+        luaL_argerror(L, idx, "port out of range");
+    return (unsigned)port;
+}
+
 /* sock:connect(host, port [, opts]) -> 1 | nil, msg, kind. opts (a cosocket
  * pool option table) is accepted and ignored; an open connection is
  * closed first. */
@@ -163,15 +172,13 @@ static int l_connect(lua_State *L)
 {
     lsock *ls = check_sock(L);
     const char *host = check_name(L, 2, 0);
-    lua_Number port = luaL_checknumber(L, 3);
+    unsigned port = check_port(L, 3);
     char err[400];
     int rc;
-    if (!(port >= 1 && port <= 65535) || port != (lua_Number)(unsigned)port)
-        return luaL_argerror(L, 3, "port out of range");
     if (!lua_isnoneornil(L, 4))
         luaL_checktype(L, 4, LUA_TTABLE);
     ls->rpos = ls->rlen = 0;
-    rc = mlr_sock_connect(ensure_sock(L, ls), host, (unsigned)port, -1, err, sizeof err);
+    rc = mlr_sock_connect(ensure_sock(L, ls), host, port, -1, err, sizeof err);
     if (rc)
         return push_fail(L, rc, err);
     lua_pushinteger(L, 1);
@@ -463,13 +470,11 @@ static int l_tryconnect(lua_State *L)
 {
     lsock *ls = check_sock(L);
     const char *host = check_name(L, 2, 0);
-    lua_Number port = luaL_checknumber(L, 3);
+    unsigned port = check_port(L, 3);
     char err[400];
     int rc;
-    if (!(port >= 1 && port <= 65535) || port != (lua_Number)(unsigned)port)
-        return luaL_argerror(L, 3, "port out of range");
     ls->rpos = ls->rlen = 0;
-    rc = mlr_sock_connect_step(ensure_sock(L, ls), host, (unsigned)port, err, sizeof err);
+    rc = mlr_sock_connect_step(ensure_sock(L, ls), host, port, err, sizeof err);
     if (rc > 0)
         return push_want(L, rc);
     if (rc)
