@@ -14,6 +14,13 @@ void mlr_dot_init(mlr_dot *s, size_t max_line)
     s->max_line = max_line;
     s->cr = 0;
     s->err = 0;
+    s->stuff = 1;
+}
+
+void mlr_dot_init_plain(mlr_dot *s, size_t max_line)
+{
+    mlr_dot_init(s, max_line);
+    s->stuff = 0;
 }
 
 /* Length of the leading run of p holding no CR, LF or NUL: eight octets
@@ -81,7 +88,7 @@ int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
             *outlen = o;
             return s->err;
         }
-        if (c == '.' && s->col == 0) {
+        if (c == '.' && s->col == 0 && s->stuff) {
             out[o++] = '.';
             s->col = 1;
         }
@@ -102,13 +109,21 @@ int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
     return MLR_OK;
 }
 
-size_t mlr_dot_finish(mlr_dot *s, uint8_t *out)
+size_t mlr_dot_end_line(mlr_dot *s, uint8_t *out)
 {
     size_t o = 0;
     if (s->cr || s->col > 0) {
         out[o++] = '\r';
         out[o++] = '\n';
     }
+    s->cr = 0;
+    s->col = 0;
+    return o;
+}
+
+size_t mlr_dot_finish(mlr_dot *s, uint8_t *out)
+{
+    size_t o = mlr_dot_end_line(s, out);
     out[o++] = '.';
     out[o++] = '\r';
     out[o++] = '\n';

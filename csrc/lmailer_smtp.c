@@ -24,7 +24,7 @@
 #include "transport.h"
 
 #define ENGINE_MT "mailer.Engine"
-#define NSLOT 2   /* messages in flight: one sending, one queued behind it */
+#define NSLOT MLR_SMTP_MAX_TXN   /* messages in flight (see e:window()) */
 
 typedef struct slot {
     int used;
@@ -750,8 +750,17 @@ static int e_set_trace(lua_State *L)
     return 0;
 }
 
+/* e:window() -> how many messages are worth having in flight at once */
+static int e_window(lua_State *L)
+{
+    leng *le = check_engine(L);
+    size_t w = mlr_smtp_window(le->e);
+    lua_pushinteger(L, (lua_Integer)(w < NSLOT ? w : NSLOT));
+    return 1;
+}
+
 /* e:queue(msg [, opts]) -> slot | nil, err: start sending a message (at
- * most two at a time); poll e:result(slot). */
+ * most NSLOT at a time); poll e:result(slot). */
 static int e_queue(lua_State *L)
 {
     leng *le = check_engine(L);
@@ -760,7 +769,7 @@ static int e_queue(lua_State *L)
     for (i = 0; i < NSLOT && le->s[i].used; i++)
         ;
     if (i == NSLOT)
-        return luaL_error(L, "two messages are already in flight");
+        return luaL_error(L, "%d messages are already in flight", NSLOT);
     if (slot_setup(L, le, i)) {
         slot_free(le, &le->s[i]);
         slot_forget(L, i);
@@ -933,7 +942,7 @@ static const luaL_Reg engine_methods[] = {
     {"fail", e_fail},         {"status", e_status},         {"capabilities", e_caps},
     {"step_id", e_step_id},   {"step_name", e_step_name},
     {"traces", e_traces},     {"set_trace", e_set_trace},   {"queue", e_queue},
-    {"result", e_result},     {"sent", e_sent},             {"need", e_need},
+    {"result", e_result},     {"sent", e_sent},   {"window", e_window},             {"need", e_need},
     {"supply", e_supply},     {"noop", e_noop},             {"rset", e_rset},
     {"quit", e_quit},         {"cmd_result", e_cmd_result}, {"close", e_close},
     {NULL, NULL}};

@@ -19,6 +19,7 @@
 #define MAX_AUTH_ROUNDS 4        /* 334 challenges before cancelling */
 #define QCAP 32                  /* expected-reply ring */
 #define BDAT_CHUNK (32 * 1024)   /* default BDAT chunk size (bounded memory) */
+#define BDAT_COPY_MAX 4096       /* a chunk this small is copied into the output */
 
 enum state { ST_GREETING, ST_EHLO, ST_HELO, ST_STARTTLS, ST_TLS_WAIT, ST_AUTH,
              ST_READY, ST_CLOSED };
@@ -70,7 +71,7 @@ struct mlr_smtp {
     size_t ntx;
     mlr_smtp_txn *body;   /* transaction whose body is being sent */
     int body_wait;        /* its source returned MLR_BODY_WAIT */
-    mlr_dot dot;
+    mlr_dot dot;          /* the body's normaliser (stuffing for DATA only) */
     mlr_buf chunk;        /* BDAT: the chunk being filled */
     mlr_buf wire;         /* BDAT: the chunk being written, straight from here
                              (no copy into out): wire[wire_pos..) goes out right
@@ -78,8 +79,6 @@ struct mlr_smtp {
     size_t wire_pos, wire_at;
     int wire_busy;
     int bdat_eof;         /* BDAT: the body ended; LAST waits for the wire */
-    size_t ccol;          /* BDAT: octets on the current line */
-    int ccr;              /* BDAT: a CR is pending */
 
     mlr_sasl sasl;
     unsigned auth_mech;   /* mechanism in use / used */
@@ -584,8 +583,7 @@ static void start_bdat(mlr_smtp *e, mlr_smtp_txn *t)
 {
     t->phase = P_BODY;
     e->body = t;
-    e->ccol = 0;
-    e->ccr = 0;
+    mlr_dot_init_plain(&e->dot, e->max_line);
     e->bdat_eof = 0;
     mlr_buf_reset(&e->chunk);
     e->step_id++;
@@ -701,6 +699,16 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
             return 1;  /* MAIL goes out after the RSET reply */
     }
     send_cmds(e, t);
+    /* RFC 3030 with RFC 2920: a message that fits one chunk follows its
+     * RCPTs at once, before their replies (the server discards the chunk
+     * when no recipient was accepted); so the transactions of many small
+     * messages go back to back, one write each. A larger one waits for the
+     * replies, not to send its bulk to nobody. */
+    if (!e->status.err && t->bdat && (e->caps.flags & MLR_CAP_PIPELINING) && !e->body &&
+        t->size > 0 && t->size <= e->chunk_size) {
+        t->bdat_early = 1;
+        start_bdat(e, t);
+    }
     return e->status.err ? 0 : 1;
 }
 
@@ -747,6 +755,12 @@ static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t)
         }
 }
 
+size_t mlr_smtp_window(const mlr_smtp *e)
+{
+    unsigned both = MLR_CAP_CHUNKING | MLR_CAP_PIPELINING;
+    return (e->caps.flags & both) == both && !e->no_chunking ? MLR_SMTP_MAX_TXN : 2;
+}
+
 int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)
 {
     if (e->status.err || e->quitting || e->state == ST_CLOSED ||
@@ -756,7 +770,7 @@ int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)
     t->phase = P_QUEUED;
     t->failed = t->mail_ok = t->dot_ignored = 0;
     t->next_cmd = t->replies = 0;
-    t->bdat = t->bdat_last = t->bdat_stopped = 0;
+    t->bdat = t->bdat_last = t->bdat_stopped = t->bdat_early = 0;
     t->bdat_sent = t->bdat_replies = 0;
     t->naccepted = 0;
     t->body_sent = 0;
@@ -1060,7 +1074,8 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (is_2xx(r->code)) {
             t->mail_ok = 1;
-            e->need_rset = 1;
+            if (!t->body_done)   /* (an early BDAT LAST already ended it) */
+                e->need_rset = 1;
             if (!pipelined)
                 send_cmds(e, t);
         } else {
@@ -1084,6 +1099,8 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (t->naccepted == 0)
             all_rejected(t);
+        if (t->bdat_early)   /* the body is on its way: its BDAT reply ends it */
+            return;
         if (t->bdat) {   /* no DATA: the body follows once the recipients are known */
             if (t->failed)
                 txn_finish(e, t);
@@ -1413,41 +1430,18 @@ static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc)
  * NUL and overlong lines refused), or copy it as is for BINARYMIME. */
 static int bdat_add(mlr_smtp *e, mlr_smtp_txn *t, const uint8_t *p, size_t n)
 {
-    uint8_t *o;
-    size_t i, w = 0;
-    if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->chunk, 2 * n + 2))
+    size_t w = 0;
+    int rc;
+    if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->chunk, t->binarymime ? n : MLR_DOT_BOUND(n)))
         return MLR_ERR_NOMEM;
-    o = (uint8_t *)e->chunk.data + e->chunk.len;
     if (t->binarymime) {
-        memcpy(o, p, n);
+        memcpy(e->chunk.data + e->chunk.len, p, n);
         e->chunk.len += n;
         return MLR_OK;
     }
-    for (i = 0; i < n; i++) {
-        uint8_t c = p[i];
-        if (e->ccr) {
-            e->ccr = 0;
-            o[w++] = '\r';
-            o[w++] = '\n';
-            e->ccol = 0;
-            if (c == '\n')
-                continue;
-        }
-        if (c == '\r') {
-            e->ccr = 1;
-        } else if (c == '\n') {
-            o[w++] = '\r';
-            o[w++] = '\n';
-            e->ccol = 0;
-        } else if (c == '\0' || (e->max_line && ++e->ccol > e->max_line)) {
-            e->chunk.len += w;
-            return MLR_ERR_INPUT;
-        } else {
-            o[w++] = c;
-        }
-    }
+    rc = mlr_dot_encode(&e->dot, p, n, (uint8_t *)e->chunk.data + e->chunk.len, &w);
     e->chunk.len += w;
-    return MLR_OK;
+    return rc;
 }
 
 /* BDAT: put the chunk on the wire as "BDAT n[ LAST]" and its octets. The
@@ -1461,6 +1455,15 @@ static int bdat_emit(mlr_smtp *e, mlr_smtp_txn *t, int last)
     snprintf(cmd, sizeof cmd, "BDAT %zu%s", e->chunk.len, last ? " LAST" : "");
     if (add_line(e, cmd, strlen(cmd), NULL) || expect(e, X_BDAT, t))
         return MLR_ERR_NOMEM;
+    if (e->chunk.len <= BDAT_COPY_MAX) {
+        /* a small chunk is copied behind its command, so that several
+         * small messages leave in one write */
+        if (mlr_buf_add(&e->out, e->chunk.data, e->chunk.len))
+            return MLR_ERR_NOMEM;
+        mlr_buf_reset(&e->chunk);
+        t->bdat_sent++;
+        return MLR_OK;
+    }
     tmp = e->wire;
     e->wire = e->chunk;
     e->chunk = tmp;
@@ -1519,13 +1522,14 @@ static void fill_bdat(mlr_smtp *e)
             return;
         }
         if (rc == 0) {
-            if (!t->binarymime && (e->ccr || e->ccol > 0) &&
-                mlr_buf_add(&e->chunk, "\r\n", 2)) {
-                nomem(e);
-                return;
+            if (!t->binarymime) {
+                uint8_t crlf[2];
+                size_t k = mlr_dot_end_line(&e->dot, crlf);
+                if (mlr_buf_add(&e->chunk, crlf, k)) {
+                    nomem(e);
+                    return;
+                }
             }
-            e->ccr = 0;
-            e->ccol = 0;
             bdat_last(e, t);
             return;
         }
@@ -1616,8 +1620,14 @@ size_t mlr_smtp_pending(mlr_smtp *e, const uint8_t **p)
         *p = NULL;
         return 0;
     }
-    if (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < e->out_block)
+    /* refill; when a body ends and the next message's body starts at once
+     * (BDAT behind its RCPTs), go on with it: one write for several */
+    while (e->body && !e->body_wait && !e->status.err && e->out.len - e->out_pos < e->out_block) {
+        const mlr_smtp_txn *was = e->body;
         fill_body(e);
+        if (e->body == was)
+            break;
+    }
     if (e->wire_busy) {   /* out up to the chunk, then the chunk itself */
         if (e->out_pos < e->wire_at) {
             *p = (const uint8_t *)e->out.data + e->out_pos;

@@ -146,6 +146,8 @@ typedef struct mlr_smtp_txn {
     int phase, failed, mail_ok, dot_ignored;
     size_t next_cmd, replies;
     int bdat, bdat_last, bdat_stopped;   /* BDAT in use; LAST sent; stopped after a refusal */
+    int bdat_early;                      /* BDAT went out behind the RCPTs, before their
+                                            replies (a small message, PIPELINING) */
     size_t bdat_sent, bdat_replies;      /* chunks sent, replies to them */
 } mlr_smtp_txn;
 
@@ -207,8 +209,13 @@ unsigned mlr_smtp_auth_mech(const mlr_smtp *e);
  * Input problems (bad addresses, too big, no SMTPUTF8) are reported in
  * t->status when the transaction is started, before any of its bytes is
  * written, and do not harm the connection. */
-#define MLR_SMTP_MAX_TXN 4
+#define MLR_SMTP_MAX_TXN 8
 int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t);
+/* How many transactions are worth queuing at once: 2 (one sending, the
+ * next one's commands behind its end) unless small messages can go back
+ * to back as pipelined BDAT (CHUNKING and PIPELINING offered, chunking
+ * not turned off), then MLR_SMTP_MAX_TXN. Meaningful once ready. */
+size_t mlr_smtp_window(const mlr_smtp *e);
 
 /* Simple commands, allowed only while idle (MLR_ERR_STATE otherwise):
  * NOOP and RSET put their outcome in mlr_smtp_cmd_status once want()

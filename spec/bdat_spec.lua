@@ -145,6 +145,71 @@ describe("BDAT", function()
       return
     end
 
+    -- RFC 3030 with RFC 2920: small messages go back to back, each one's
+    -- BDAT behind its RCPTs before any reply; the outcomes still come out
+    -- per message (a refused sender, all or some recipients refused).
+    it("pipelines small messages back to back and keeps each outcome", function()
+      local p = servers.postfix { main = {
+        smtpd_delay_reject = "no",
+        smtpd_sender_restrictions = "check_sender_access inline:{refused@example.com=REJECT}",
+      } }
+      local d = p.domain
+      local trace = {}
+      local conn = assert(mailer.connect { host = "127.0.0.1", port = p.port, security = "none", timeout = 30,
+                                           trace = function(dir, l) trace[#trace + 1] = dir .. " " .. l end })
+      assert.is_true(conn.capabilities.CHUNKING and conn.capabilities.PIPELINING)
+      local function small(i, from, to)
+        return assert(mailer.message { from = from or "alice@example.com", to = to, subject = "small " .. i,
+                                       text = ".first line\nmessage " .. i .. "\n" })
+      end
+      local msgs = {
+        small(1, nil, "user1@" .. d),
+        small(2, nil, "unknown1@" .. d),                        -- every recipient refused
+        small(3, nil, { "user2@" .. d, "unknown2@" .. d }),      -- one of two refused
+        small(4, "refused@example.com", "user3@" .. d),         -- the sender refused
+        small(5, nil, "user4@" .. d),
+        small(6, nil, "user5@" .. d),
+        small(7, nil, "user6@" .. d),
+      }
+      local results = conn:send_many(msgs)
+      conn:close()
+      assert.are.equal(250, results[1].code, tostring(results[1].error))
+      assert.are.equal("smtp", results[2].error.kind)
+      assert.are.equal(550, results[2].error.code)
+      assert.matches("all recipients were rejected", results[2].error.message)
+      assert.are.equal(250, results[3].code, tostring(results[3].error))
+      assert.are.same({ "user2@" .. d }, results[3].accepted)
+      assert.are.equal("unknown2@" .. d, results[3].rejected[1].address)
+      assert.are.equal(550, results[3].rejected[1].code)
+      assert.are.equal("smtp", results[4].error.kind)
+      assert.are.equal(554, results[4].error.code)
+      assert.matches("Sender address rejected", results[4].error.message)
+      for i = 5, 7 do assert.are.equal(250, results[i].code, tostring(results[i].error)) end
+      -- on the wire: the first message's BDAT left before any reply came
+      local first_bdat, mail1
+      for i, l in ipairs(trace) do
+        if not mail1 and l:match("^C MAIL FROM") then mail1 = i end
+        if not first_bdat and l:match("^C BDAT %d+ LAST$") then first_bdat = i end
+      end
+      assert.truthy(first_bdat, table.concat(trace, "\n"))
+      for i = mail1, first_bdat do
+        assert.is_nil(trace[i]:match("^S "), "a reply came before the first BDAT:\n" .. table.concat(trace, "\n"))
+      end
+      assert.is_nil(table.concat(trace, "\n"):find("\nC RSET", 1, true))   -- no RSET was needed
+      -- five messages delivered, each exactly as rendered
+      local got, why = p:wait_messages(5, 30, { crlf = true })
+      assert.are.equal(5, #got, why)
+      local subjects = {}
+      for _, m in ipairs(got) do subjects[#subjects + 1] = m:match("\r\nSubject: ([^\r]*)") end
+      table.sort(subjects)
+      assert.are.same({ "small 1", "small 3", "small 5", "small 6", "small 7" }, subjects)
+      for _, m in ipairs(got) do
+        local i = tonumber(m:match("\r\nSubject: small (%d)"))
+        local raw = msgs[i]:render()
+        assert.are.equal(raw, m:sub(-#raw))
+      end
+    end)
+
     it("delivers exactly what was rendered, DKIM still verifying", function()
       local p = servers.postfix {}
       local key = servers.mkdir("bdat-key") .. "/rsa.pem"

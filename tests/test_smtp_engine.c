@@ -3,6 +3,7 @@
  * single offset, octet by octet, and with the client's writes consumed one
  * octet at a time; every run must produce the same client bytes and the
  * same results, equal to the expected ones. */
+#define _GNU_SOURCE   /* memmem */
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1177,6 +1178,96 @@ static void bdat(void)
             .want_txn_code = {250, 250},
         };
         check1(&c);
+    }
+    {
+        /* RFC 3030 with RFC 2920: a message known to fit one chunk goes
+         * out behind its RCPTs before their replies, and the next one
+         * right behind it: no reply is awaited between them */
+        tcase c = {
+            .name = "BDAT: small messages back to back before any reply",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK,
+                      "S:250 ok\r\n250 ok\r\n250 q1\r\n250 ok\r\n250 ok\r\n250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "one\r\n",
+                      .size = 5},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n",
+                      .size = 5}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 5 LAST\r\none\r\nMAIL FROM:<a@example.com>\r\n"
+                             "RCPT TO:<c@example.com>\r\nBDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_code = {250, 250},
+        };
+        result b;
+        const char *second;
+        check(&c, &b);
+        second = strstr(b.trace.data, "C: BDAT 5 LAST\n");
+        second = second ? strstr(second + 1, "C: BDAT 5 LAST\n") : NULL;
+        TAP_OK(second && !memmem(b.trace.data, (size_t)(second - b.trace.data), "\nS: 250 ok", 10),
+               "BDAT: both messages' BDAT went out before the first reply was read");
+        TAP_OK(strstr(b.txn_msg[0], "q1") && strstr(b.txn_msg[1], "q2"),
+               "BDAT: each message gets its own LAST reply");
+        result_free(&b);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: early, every recipient refused: no RSET, the next one goes on",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK,
+                      "S:250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n"
+                      "250 ok\r\n250 ok\r\n250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"x@example.com"}, .body = "one\r\n",
+                      .size = 5},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n",
+                      .size = 5}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.com>\r\n"
+                             "BDAT 5 LAST\r\none\r\nMAIL FROM:<a@example.com>\r\n"
+                             "RCPT TO:<c@example.com>\r\nBDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_SMTP, 0},
+            .want_txn_code = {550, 250},
+            .want_msg_sub = "all recipients were rejected",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: early, the sender refused: that message fails with MAIL's reply",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK,
+                      "S:553 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n"
+                      "250 ok\r\n250 ok\r\n250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "one\r\n",
+                      .size = 5},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n",
+                      .size = 5}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 5 LAST\r\none\r\nMAIL FROM:<a@example.com>\r\n"
+                             "RCPT TO:<c@example.com>\r\nBDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_SMTP, 0},
+            .want_txn_code = {553, 250},
+            .want_msg_sub = "sender refused",
+        };
+        check1(&c);
+    }
+    {
+        /* a message larger than one chunk waits for its recipients */
+        tcase c = {
+            .name = "BDAT: a message over one chunk waits for the RCPT replies",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 8},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n",
+                      "S:250 2.0.0 c1\r\n250 2.0.0 c2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"},
+                      .body = "0123456789abcd", .size = 14, .chunk = 5}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 10\r\n0123456789BDAT 6 LAST\r\nabcd\r\n",
+            .want_txn_code = {250},
+        };
+        result b;
+        const char *bd;
+        check(&c, &b);
+        bd = strstr(b.trace.data, "C: BDAT 10\n");
+        TAP_OK(bd && memmem(b.trace.data, (size_t)(bd - b.trace.data), "\nS: 250 ok", 10),
+               "BDAT: the large message's first chunk followed the RCPT replies");
+        result_free(&b);
     }
     {
         tcase c = {

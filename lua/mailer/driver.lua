@@ -518,8 +518,10 @@ function methods:_send(msg, opts)
 end
 
 -- conn:_send_many(produce, opts) -> results; produce() returns a message,
--- false plus an error object, or nil at the end. Two messages are in
--- flight, so the next one's commands go out behind the previous final dot.
+-- false plus an error object, or nil at the end. The engine says how many
+-- messages are worth having in flight (e:window()): two for DATA, so the
+-- next one's commands go out behind the previous final dot; more when
+-- small messages can go back to back as pipelined BDAT.
 -- Never raises for a callback: results.callback_error holds the first
 -- error, and the messages in flight when it was raised carry it too (a
 -- receipt with callback_error when the server had the whole message, else
@@ -532,8 +534,9 @@ function methods:_send_many(produce, opts)
   self.progress = opts and opts.progress
   self.inflight = order
   self.busy = true
+  local window = self.e:window()
   while true do
-    while not exhausted and #order < 2 and not self.close_requested and not self.cb_failed do
+    while not exhausted and #order < window and not self.close_requested and not self.cb_failed do
       local okp, m, merr = pcall(produce)
       if not okp then
         exhausted, producer_err = true, m
