@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# SMTP benchmarks (issue 3): mailer against LuaSocket's socket.smtp (with and
-# without TCP_NODELAY), Python's smtplib and a raw pipelined reference client.
+# SMTP benchmarks (issues 3 and 12): mailer against LuaSocket's socket.smtp
+# (with and without TCP_NODELAY), Python's smtplib and minimal raw clients
+# (bench/smtp_raw.py in Python, bench_smtp_raw.c in C).
 #   W1: 2000 small messages (1 KB text, 3 recipients) over one connection
 #   W2: 300 messages, a new connection each
 #   W3: one message with a 64 MiB attachment (wall time, peak RSS)
-# W1/W2 run against Postfix's smtp-sink, W3 against bench_smtp_discard (a
-# minimal discard server of ours; smtp-sink tops out far below the clients).
+#   W4: W1 against a server that offers CHUNKING: BDAT pipelined back to
+#       back (mailer, raw Python with 8 messages in flight) and DATA
+# W1/W2 run against Postfix's smtp-sink (which offers no CHUNKING), W3 and
+# W4 against bench_smtp_discard (a minimal discard server of ours that
+# batches its replies; smtp-sink tops out far below the clients).
 # The server is pinned to CPU 0 and the client to CPU 1. Run from anywhere:
 #   bench/smtp.sh            (needs a build in ./build; BUILD=dir to change)
 set -euo pipefail
@@ -66,6 +70,9 @@ taskset -c 0 /usr/sbin/smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 &
 PIDS+=($!)
 taskset -c 0 "$BUILD/bench_smtp_discard" "$DISCARD_PORT" &
 PIDS+=($!)
+CHUNK_PORT=${CHUNK_PORT:-25252}
+taskset -c 0 "$BUILD/bench_smtp_discard" "$CHUNK_PORT" 1000000 chunking &
+PIDS+=($!)
 sleep 0.5
 
 # run LABEL WORKLOAD CMD... : time the client on CPU 1, REPEAT times (the
@@ -103,6 +110,7 @@ run "LuaSocket smtp"                  W1 $B luasocket W1 "$SINK_PORT" "$W1"
 run "LuaSocket smtp + TCP_NODELAY"    W1 $B luasocket-nodelay W1 "$SINK_PORT" "$W1"
 run "Python smtplib"                  W1 "$PY" "$ROOT/bench/smtp_bench.py" W1 "$SINK_PORT" "$TMP/w1"
 run "raw pipelined reference (C)"     W1 "$BUILD/bench_smtp_raw" 127.0.0.1 "$SINK_PORT" "$W1" 3 "$TMP/w1one.eml"
+run "raw pipelined Python (RFC 2920)" W1 "$PY" "$ROOT/bench/smtp_raw.py" data "$SINK_PORT" "$TMP/w1"
 run "mailer (mailer.send each)"       W2 $B mailer-send W2 "$SINK_PORT" "$W2"
 run "LuaSocket smtp"                  W2 $B luasocket W2 "$SINK_PORT" "$W2"
 run "LuaSocket smtp + TCP_NODELAY"    W2 $B luasocket-nodelay W2 "$SINK_PORT" "$W2"
@@ -113,3 +121,7 @@ run "LuaSocket smtp (pre-rendered)"   W3 $B luasocket W3 "$DISCARD_PORT" "$TMP/b
 run "LuaSocket + TCP_NODELAY"         W3 $B luasocket-nodelay W3 "$DISCARD_PORT" "$TMP/big.bin"
 run "Python smtplib (pre-rendered)"   W3 "$PY" "$ROOT/bench/smtp_bench.py" W3 "$DISCARD_PORT" "$TMP/big.bin"
 run "raw pipelined reference (C)"     W3 "$BUILD/bench_smtp_raw" 127.0.0.1 "$DISCARD_PORT" 1 3 "$TMP/big.bin.eml"
+run "mailer send_many (BDAT pipelined)" W4 $B mailer-many W1 "$CHUNK_PORT" "$W1"
+run "mailer send_many (chunking=false)" W4 $B mailer-many-data W1 "$CHUNK_PORT" "$W1"
+run "raw Python, BDAT, 8 in flight"   W4 "$PY" "$ROOT/bench/smtp_raw.py" bdat "$CHUNK_PORT" "$TMP/w1" 8
+run "raw Python, DATA (RFC 2920)"     W4 "$PY" "$ROOT/bench/smtp_raw.py" data "$CHUNK_PORT" "$TMP/w1"

@@ -1,6 +1,7 @@
 -- SMTP client benchmarks (run through bench/smtp.sh).
 -- lua5.4 bench/smtp_bench.lua CLIENT WORKLOAD PORT ARG
---   CLIENT: mailer-many | mailer-send | luasocket | luasocket-nodelay
+--   CLIENT: mailer-many | mailer-many-data (chunking = false) | mailer-send |
+--           luasocket | luasocket-nodelay
 --   WORKLOAD: W1 (COUNT messages, one connection), W2 (COUNT messages, a
 --   connection each), W3 (the file ARG: mailer streams it as an attachment,
 --   LuaSocket sends the pre-rendered message file ARG .. ".eml").
@@ -25,6 +26,10 @@ local n = 0
 if client:match("^mailer") then
   local mailer = require "mailer"
   local copts = { host = HOST, port = port, security = "none", helo = "bench.example.com", timeout = 60 }
+  if client == "mailer-many-data" then   -- DATA even where CHUNKING is offered
+    copts.chunking = false
+    client = "mailer-many"
+  end
   if workload == "W1" then
     local count = tonumber(arg4)
     local msgs = {}

@@ -34,6 +34,8 @@ typedef struct slot {
     const char **rcpt;
     size_t *rcpt_len;
     size_t nrcpt;
+    size_t rcpt_cap;        /* room in rcpt / rcpt_len (kept for the next message) */
+    int ready;              /* txn initialised: its buffers are kept across messages */
     uint64_t total;
 } slot;
 
@@ -207,6 +209,19 @@ static int engine_ok(lua_State *L, leng *le)
     return 1;
 }
 
+/* A message is over: the slot is free again. Its memory (rendering
+ * buffers, recipient arrays, the transaction's reply buffers) stays for
+ * the next message, so that sending many allocates nothing per message
+ * in C; slot_free releases it. */
+static void slot_release(slot *s)
+{
+    mlr_render_rest(s->r);
+    if (s->ready)
+        mlr_smtp_txn_clear(&s->txn);
+    s->used = 0;
+    s->queued = 0;
+}
+
 /* Release a slot's memory (safe to call twice). */
 static void slot_free(leng *le, slot *s)
 {
@@ -215,14 +230,17 @@ static void slot_free(leng *le, slot *s)
         s->r = NULL;
     }
     if (s->rcpt) {
-        mlr_free(&le->alloc, (void *)s->rcpt, s->nrcpt * sizeof *s->rcpt);
+        mlr_free(&le->alloc, (void *)s->rcpt, s->rcpt_cap * sizeof *s->rcpt);
         s->rcpt = NULL;
     }
     if (s->rcpt_len) {
-        mlr_free(&le->alloc, s->rcpt_len, s->nrcpt * sizeof *s->rcpt_len);
+        mlr_free(&le->alloc, s->rcpt_len, s->rcpt_cap * sizeof *s->rcpt_len);
         s->rcpt_len = NULL;
     }
-    mlr_smtp_txn_free(&s->txn);
+    s->rcpt_cap = 0;
+    if (s->ready)
+        mlr_smtp_txn_free(&s->txn);
+    s->ready = 0;
     s->used = 0;
     s->queued = 0;
 }
@@ -235,13 +253,21 @@ static void push_slots(lua_State *L)
     lua_remove(L, -2);
 }
 
-/* Forget the Lua values slot i borrowed. */
+/* Forget the Lua values slot i borrowed (its table stays, emptied, for
+ * the next message). */
 static void slot_forget(lua_State *L, int i)
 {
     push_slots(L);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, i + 1);
-    lua_pop(L, 1);
+    lua_rawgeti(L, -1, i + 1);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, 1);
+        lua_pushnil(L);
+        lua_rawseti(L, -2, 2);
+        lua_pushnil(L);
+        lua_setfield(L, -2, "chunk");
+    }
+    lua_pop(L, 2);
 }
 
 /* Body reader: the renderer; a push source to supply or a slice of
@@ -309,20 +335,33 @@ static int slot_setup(lua_State *L, leng *le, int i)
             dk = *ud;
         lua_pop(L, 1);
     }
-    memset(s, 0, sizeof *s);
-    mlr_smtp_txn_init(&s->txn, &le->alloc);
-    /* slots[i+1] = { msg, opts } keeps them (and their strings) alive */
+    if (!s->ready) {
+        mlr_smtp_txn_init(&s->txn, &le->alloc);
+        s->ready = 1;
+    } else {
+        mlr_smtp_txn_clear(&s->txn);
+    }
+    s->queued = 0;
+    s->nrcpt = 0;
+    s->total = 0;
+    /* slots[i+1] = { msg, opts } keeps them (and their strings) alive; the
+     * table of an earlier message in this slot is reused */
     push_slots(L);
-    lua_createtable(L, 2, 1);
+    lua_rawgeti(L, -1, i + 1);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_createtable(L, 2, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, i + 1);
+    }
     kt = lua_gettop(L);
     lua_pushvalue(L, 2);
     lua_rawseti(L, kt, 1);
-    if (oi) {
+    if (oi)
         lua_pushvalue(L, oi);
-        lua_rawseti(L, kt, 2);
-    }
-    lua_pushvalue(L, kt);
-    lua_rawseti(L, -3, i + 1);
+    else
+        lua_pushnil(L);
+    lua_rawseti(L, kt, 2);
     s->used = 1;
 
     s->txn.from = mlr_msg_env_from(m);
@@ -345,11 +384,27 @@ static int slot_setup(lua_State *L, leng *le, int i)
     }
     if (n > SIZE_MAX / sizeof(size_t) / 2)
         luaL_error(L, "too many recipients");
+    if (n > s->rcpt_cap || !s->rcpt) {   /* (else the room of an earlier message) */
+        size_t cap = n ? n : 1;
+        if (s->rcpt)
+            mlr_free(&le->alloc, (void *)s->rcpt, s->rcpt_cap * sizeof *s->rcpt);
+        if (s->rcpt_len)
+            mlr_free(&le->alloc, s->rcpt_len, s->rcpt_cap * sizeof *s->rcpt_len);
+        s->rcpt_cap = 0;
+        s->rcpt = mlr_malloc(&le->alloc, cap * sizeof *s->rcpt);
+        s->rcpt_len = mlr_malloc(&le->alloc, cap * sizeof *s->rcpt_len);
+        if (!s->rcpt || !s->rcpt_len) {
+            if (s->rcpt)
+                mlr_free(&le->alloc, (void *)s->rcpt, cap * sizeof *s->rcpt);
+            if (s->rcpt_len)
+                mlr_free(&le->alloc, s->rcpt_len, cap * sizeof *s->rcpt_len);
+            s->rcpt = NULL;
+            s->rcpt_len = NULL;
+            luaL_error(L, "out of memory");   /* the engine's __gc frees the slot */
+        }
+        s->rcpt_cap = cap;
+    }
     s->nrcpt = n;
-    s->rcpt = mlr_malloc(&le->alloc, (n ? n : 1) * sizeof *s->rcpt);
-    s->rcpt_len = mlr_malloc(&le->alloc, (n ? n : 1) * sizeof *s->rcpt_len);
-    if (!s->rcpt || !s->rcpt_len)
-        luaL_error(L, "out of memory");   /* the engine's __gc frees the slot */
     for (k = 0; k < n; k++) {
         if (envto) {
             lua_rawgeti(L, envto, (lua_Integer)(k + 1));
@@ -375,7 +430,7 @@ static int slot_setup(lua_State *L, leng *le, int i)
     s->txn.eightbit = mlr_msg_needs_8bit(m);
     if (oi)
         parse_dsn(L, oi, &s->txn);
-    s->r = mlr_render_new_dkim(m, dk);
+    s->r = mlr_render_reuse(s->r, m, dk);
     if (!s->r)
         luaL_error(L, "out of memory");
     mlr_render_set_stepped(s->r, 1);
@@ -591,7 +646,10 @@ static int e_write_to(lua_State *L)
             break;
     }
     lua_pushboolean(L, 1);
-    if (mlr_sock_readable(sk)) {   /* replies (or a refusal): read them first */
+    /* in the middle of a body, the server may refuse early: has it spoken?
+     * (once the message is out, the driver reads next anyway) */
+    if ((mlr_smtp_body_txn(le->e) || (mlr_smtp_want(le->e) & MLR_WANT_WRITE)) &&
+        mlr_sock_readable(sk)) {
         lua_pushliteral(L, "readable");
         return 2;
     }
@@ -771,14 +829,14 @@ static int e_queue(lua_State *L)
     if (i == NSLOT)
         return luaL_error(L, "%d messages are already in flight", NSLOT);
     if (slot_setup(L, le, i)) {
-        slot_free(le, &le->s[i]);
+        slot_release(&le->s[i]);
         slot_forget(L, i);
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
     }
     if (mlr_smtp_send(le->e, &le->s[i].txn) != MLR_OK) {
-        slot_free(le, &le->s[i]);
+        slot_release(&le->s[i]);
         slot_forget(L, i);
         return engine_fail(L, le);
     }
@@ -819,7 +877,7 @@ static int e_result(lua_State *L)
         lua_pushinteger(L, (lua_Integer)s->total);
     else
         lua_pushnil(L);
-    slot_free(le, s);
+    slot_release(s);
     slot_forget(L, (int)(s - le->s));
     return 4;
 }
@@ -917,9 +975,8 @@ static int e_close(lua_State *L)
 {
     leng *le = luaL_checkudata(L, 1, ENGINE_MT);
     int i;
-    for (i = 0; i < NSLOT; i++)
-        if (le->s[i].used)
-            slot_free(le, &le->s[i]);
+    for (i = 0; i < NSLOT; i++)   /* (free slots keep memory too) */
+        slot_free(le, &le->s[i]);
     if (le->e) {
         mlr_smtp_free(le->e);
         le->e = NULL;

@@ -1255,6 +1255,49 @@ void mlr_render_free(mlr_render *r)
     mlr_free(&a, r, sizeof *r);
 }
 
+void mlr_render_rest(mlr_render *r)
+{
+    if (!r)
+        return;
+    if (r->hash) {
+        mlr_render_free(r->hash);
+        mlr_dkim_body_free(&r->body);
+        r->hash = NULL;
+    }
+    if (r->fp) {
+        fclose(r->fp);
+        r->fp = NULL;
+    }
+    mlr_buf_reset(&r->sig);
+    r->m = NULL;
+}
+
+mlr_render *mlr_render_reuse(mlr_render *r, mlr_msg *m, const mlr_dkim *d)
+{
+    uint8_t *out;
+    size_t cap;
+    mlr_buf sig;
+    mlr_alloc a;
+    if (!r || !m->finished || memcmp(&r->a, m->a, sizeof r->a) != 0) {
+        mlr_render_free(r);
+        return mlr_render_new_dkim(m, d);
+    }
+    mlr_render_rest(r);
+    out = r->out;
+    cap = r->out_cap;
+    sig = r->sig;
+    a = r->a;
+    memset(r, 0, sizeof *r);
+    r->m = m;
+    r->a = a;
+    r->out = out;
+    r->out_cap = cap;
+    r->sig = sig;
+    r->sig.a = &r->a;
+    r->dk = d ? d : m->dkim;
+    return r;
+}
+
 const char *mlr_render_error(const mlr_render *r) { return r->err; }
 
 static int render_fail(mlr_render *r, int code, const part *p, const char *msg)

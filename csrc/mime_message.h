@@ -174,5 +174,13 @@ void mlr_render_set_stepped(mlr_render *r, int on);
 const char *mlr_render_error(const mlr_render *r);
 /* Free a rendering; safe after its message was freed (it only frees its own). */
 void mlr_render_free(mlr_render *r);
+/* Put a rendering at rest: its file is closed and its signing state
+ * dropped, its buffers kept; safe after its message was freed. */
+void mlr_render_rest(mlr_render *r);
+/* Start a rendering at rest (or NULL) over m signed with d (as
+ * mlr_render_new_dkim), reusing its buffers when its allocator is m's;
+ * returns the rendering (r itself or a new one, r then freed), or NULL
+ * on allocation failure (r freed). Many messages, one block of memory. */
+mlr_render *mlr_render_reuse(mlr_render *r, mlr_msg *m, const mlr_dkim *d);
 
 #endif

@@ -29,6 +29,10 @@ enum expect { X_GREETING, X_EHLO, X_HELO, X_STARTTLS, X_AUTH, X_AUTH_CANCEL,
 
 enum phase { P_QUEUED, P_CMDS, P_BODY, P_DOT, P_DONE };
 
+/* read-ahead state: reading on; the source ended; it waits for Lua (a push
+ * source or a signing step); it failed (the error is replayed at 354) */
+enum { PRE_MORE, PRE_EOF, PRE_WAIT, PRE_FAILED };
+
 typedef struct expect_entry {
     int kind;
     mlr_smtp_txn *t;
@@ -71,7 +75,17 @@ struct mlr_smtp {
     size_t ntx;
     mlr_smtp_txn *body;   /* transaction whose body is being sent */
     int body_wait;        /* its source returned MLR_BODY_WAIT */
+    int body_eof;         /* its source already ended (in the read-ahead) */
+    uint64_t body_credit; /* read-ahead octets not yet counted in body_sent */
     mlr_dot dot;          /* the body's normaliser (stuffing for DATA only) */
+    /* DATA read-ahead: while the 354 is awaited, the body's first octets are
+     * read and stuffed here (not into out: they may not go before the
+     * 354), so that the reply finds them ready; see prefetch() */
+    mlr_buf pre;
+    mlr_smtp_txn *pre_txn;   /* whose octets pre holds; NULL: none */
+    int pre_state;           /* PRE_* */
+    int pre_rc;              /* PRE_FAILED: the error */
+    uint64_t pre_read;       /* source octets in pre */
     mlr_buf chunk;        /* BDAT: the chunk being filled */
     mlr_buf wire;         /* BDAT: the chunk being written, straight from here
                              (no copy into out): wire[wire_pos..) goes out right
@@ -163,6 +177,8 @@ static int expect(mlr_smtp *e, int kind, mlr_smtp_txn *t)
 }
 
 static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t);
+static void take_prefetch(mlr_smtp *e, mlr_smtp_txn *t);
+static void data_end(mlr_smtp *e, mlr_smtp_txn *t);
 
 /* Record a fatal error (unless one is set); quit: queue a polite QUIT
  * (only where the session state is known to be sane). */
@@ -188,6 +204,10 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
     e->qlen = 0;
     e->body = NULL;
     e->body_wait = 0;
+    e->body_eof = 0;
+    e->body_credit = 0;
+    e->pre_txn = NULL;
+    mlr_buf_reset(&e->pre);
     if (quit && e->state != ST_CLOSED && !e->quitting) {
         e->quitting = 1;
         add_line(e, "QUIT", 4, NULL);
@@ -295,6 +315,7 @@ mlr_smtp *mlr_smtp_new(const mlr_alloc *a, const mlr_smtp_opts *o, int *err,
     mlr_buf_init(&e->sasl_buf, a);
     mlr_buf_init(&e->chunk, a);
     mlr_buf_init(&e->wire, a);
+    mlr_buf_init(&e->pre, a);
     mlr_reply_init(&e->rp, a);
     e->helo = mlr_strndup(a, helo, hl);
     e->host = mlr_strndup(a, o->host ? o->host : "", o->host ? strlen(o->host) : 0);
@@ -359,6 +380,7 @@ void mlr_smtp_free(mlr_smtp *e)
     mlr_buf_free(&e->sasl_buf);
     mlr_buf_free(&e->chunk);
     mlr_buf_free(&e->wire);
+    mlr_buf_free(&e->pre);
     mlr_reply_free(&e->rp);
     mlr_free(e->a, e, sizeof *e);
 }
@@ -375,9 +397,26 @@ void mlr_smtp_txn_init(mlr_smtp_txn *t, const mlr_alloc *a)
 void mlr_smtp_txn_free(mlr_smtp_txn *t)
 {
     if (t->results)
-        mlr_free(t->a, t->results, t->nrcpt * sizeof *t->results);
+        mlr_free(t->a, t->results, t->results_cap * sizeof *t->results);
     t->results = NULL;
+    t->results_cap = 0;
     mlr_buf_free(&t->text);
+}
+
+void mlr_smtp_txn_clear(mlr_smtp_txn *t)
+{
+    const mlr_alloc *a = t->a;
+    mlr_rcpt_result *res = t->results;
+    size_t cap = t->results_cap;
+    mlr_buf text = t->text;
+    memset(t, 0, sizeof *t);
+    t->a = a;
+    t->results = res;
+    t->results_cap = cap;
+    t->text = text;
+    mlr_buf_reset(&t->text);
+    if (t->results)
+        memset(t->results, 0, t->results_cap * sizeof *t->results);
 }
 
 /* Check an envelope addr-spec with the rules of message addresses
@@ -686,9 +725,15 @@ static int txn_start(mlr_smtp *e, mlr_smtp_txn *t)
     }
     if (t->nrcpt > SIZE_MAX / sizeof *t->results)
         return nomem(e), 0;
-    t->results = mlr_malloc(t->a, t->nrcpt * sizeof *t->results);
-    if (!t->results)
-        return nomem(e), 0;
+    if (t->results_cap < t->nrcpt) {   /* (a transaction reused keeps its room) */
+        if (t->results)
+            mlr_free(t->a, t->results, t->results_cap * sizeof *t->results);
+        t->results_cap = 0;
+        t->results = mlr_malloc(t->a, t->nrcpt * sizeof *t->results);
+        if (!t->results)
+            return nomem(e), 0;
+        t->results_cap = t->nrcpt;
+    }
     memset(t->results, 0, t->nrcpt * sizeof *t->results);
     t->phase = P_CMDS;
     if (e->need_rset) {
@@ -744,6 +789,10 @@ static void pump(mlr_smtp *e)
 static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t)
 {
     size_t i, j;
+    if (e->pre_txn == t) {   /* refused before its body: the read-ahead goes */
+        e->pre_txn = NULL;
+        mlr_buf_reset(&e->pre);
+    }
     t->phase = P_DONE;
     t->done = 1;
     for (i = 0; i < e->ntx; i++)
@@ -774,6 +823,10 @@ int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)
     t->bdat_sent = t->bdat_replies = 0;
     t->naccepted = 0;
     t->body_sent = 0;
+    t->body_done = 0;
+    mlr_buf_reset(&t->text);
+    if (t->results)   /* (results from an earlier use must not show) */
+        memset(t->results, 0, t->results_cap * sizeof *t->results);
     memset(&t->status, 0, sizeof t->status);
     e->txq[e->ntx++] = t;
     pump(e);
@@ -1119,6 +1172,10 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
     case X_DATA:
         if (r->code == 354) {
             if (t->failed) {  /* RFC 2920: DATA accepted with no recipient: send "." alone */
+                if (e->pre_txn == t) {
+                    e->pre_txn = NULL;
+                    mlr_buf_reset(&e->pre);
+                }
                 if (add_line(e, ".", 1, NULL) || expect(e, X_DOT, t)) {
                     nomem(e);
                     return;
@@ -1128,9 +1185,12 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
                 return;
             }
             t->phase = P_BODY;
-            mlr_dot_init(&e->dot, e->max_line);
             e->body = t;
             e->step_id++;
+            if (e->pre_txn == t)
+                take_prefetch(e, t);
+            else
+                mlr_dot_init(&e->dot, e->max_line);
             return;
         }
         if (cls == 2 || cls == 3) {
@@ -1405,6 +1465,115 @@ int mlr_smtp_tls_done(mlr_smtp *e)
 /* ---- output ---- */
 
 /* Move the unwritten output bytes to the front. */
+/* The transaction whose DATA went out and whose 354 is awaited, if any
+ * (a body is never read for one whose recipients all failed). */
+static mlr_smtp_txn *awaiting_354(const mlr_smtp *e)
+{
+    size_t i;
+    for (i = 0; i < e->ntx; i++) {
+        mlr_smtp_txn *t = e->txq[i];
+        if (t->phase == P_CMDS && !t->bdat && !t->failed && t->next_cmd == t->nrcpt + 2)
+            return t;
+    }
+    return NULL;
+}
+
+/* DATA read-ahead: the output has drained and the server is working on
+ * MAIL / RCPT / DATA; meanwhile render and stuff the first out_block
+ * octets of the body into pre, so that its 354 finds them ready (the
+ * round trip, not this work, then sets the pace of many small messages).
+ * Nothing goes out before the 354; a source that must wait for Lua, or
+ * fails, stops the read-ahead and is taken up again at the 354. */
+static void prefetch(mlr_smtp *e)
+{
+    mlr_smtp_txn *t;
+    if (e->status.err || e->body || e->quitting)
+        return;
+    t = awaiting_354(e);
+    if (!t)
+        return;
+    if (e->pre_txn != t) {
+        if (e->pre_txn)
+            return;
+        e->pre_txn = t;
+        e->pre_state = PRE_MORE;
+        e->pre_read = 0;
+        mlr_buf_reset(&e->pre);
+        mlr_dot_init(&e->dot, e->max_line);
+    }
+    while (e->pre_state == PRE_MORE && e->pre.len < e->out_block) {
+        const uint8_t *p = NULL;
+        size_t n = 0, w = 0;
+        int rc = t->read(t->read_ud, &p, &n);
+        if (rc == MLR_BODY_WAIT) {
+            e->pre_state = PRE_WAIT;
+            return;
+        }
+        if (rc < 0) {
+            e->pre_state = PRE_FAILED;
+            e->pre_rc = rc;
+            return;
+        }
+        if (rc == 0) {
+            e->pre_state = PRE_EOF;
+            return;
+        }
+        if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->pre, MLR_DOT_BOUND(n))) {
+            e->pre_state = PRE_FAILED;
+            e->pre_rc = MLR_ERR_NOMEM;
+            return;
+        }
+        if (mlr_dot_encode(&e->dot, p, n, (uint8_t *)e->pre.data + e->pre.len, &w)) {
+            e->pre_state = PRE_FAILED;
+            e->pre_rc = MLR_ERR_LIMIT;   /* (a NUL or an overlong line) */
+            return;
+        }
+        e->pre.len += w;
+        e->pre_read += n;   /* counted as sent once it joins the output */
+    }
+}
+
+static void body_input_error(mlr_smtp *e)
+{
+    fatal(e, MLR_ERR_INPUT, 0, NULL, 0,
+          "the message has a NUL octet or a line longer than %zu octets; "
+          "connection closed so that no partial message is delivered", e->max_line);
+}
+
+static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc);
+
+/* The 354 came for the read-ahead's transaction: its octets join the
+ * output, and the body goes on where the read-ahead stopped. */
+static void take_prefetch(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    int st = e->pre_state;
+    e->pre_txn = NULL;
+    if (e->out_pos == e->out.len) {   /* the usual case: swap, no copy */
+        mlr_buf tmp = e->out;
+        e->out = e->pre;
+        e->pre = tmp;
+        e->out_pos = 0;
+        e->wire_at = 0;
+    } else if (mlr_buf_add(&e->out, e->pre.data, e->pre.len)) {
+        nomem(e);
+        return;
+    }
+    mlr_buf_reset(&e->pre);
+    /* counted, and ended, by the next refill, as if read then: the octets
+     * counted as sent, and the final dot, reach the writer together */
+    e->body_credit = e->pre_read;
+    if (st == PRE_EOF)
+        e->body_eof = 1;
+    else if (st == PRE_WAIT)
+        e->body_wait = 1;
+    else if (st == PRE_FAILED) {
+        if (e->pre_rc == MLR_ERR_LIMIT)
+            body_input_error(e);
+        else
+            read_failed(e, t, e->pre_rc);
+    }
+}
+
 static void compact_out(mlr_smtp *e)
 {
     if (e->out_pos) {
@@ -1546,9 +1715,7 @@ static void fill_bdat(mlr_smtp *e)
             return;
         }
         if (rc) {
-            fatal(e, MLR_ERR_INPUT, 0, NULL, 0,
-                  "the message has a NUL octet or a line longer than %zu octets; "
-                  "connection closed so that no partial message is delivered", e->max_line);
+            body_input_error(e);
             return;
         }
         t->body_sent += n;
@@ -1560,6 +1727,25 @@ static void fill_bdat(mlr_smtp *e)
     }
 }
 
+/* The body ended: the final dot goes out. */
+static void data_end(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    uint8_t fin[MLR_DOT_FINISH_MAX];
+    size_t fl = mlr_dot_finish(&e->dot, fin);
+    if (mlr_buf_add(&e->out, fin, fl) || expect(e, X_DOT, t)) {
+        nomem(e);
+        return;
+    }
+    trace(e, 'C', ".", 1);
+    e->body_eof = 0;
+    t->phase = P_DOT;
+    t->body_done = 1;
+    e->body = NULL;
+    e->need_rset = 0;  /* the dot ends the transaction, whatever its reply */
+    e->step_id++;
+    pump(e);  /* with PIPELINING the next message's commands follow the dot */
+}
+
 /* Refill the output with dot-stuffed body data, then the final dot. */
 static void fill_body(mlr_smtp *e)
 {
@@ -1569,10 +1755,12 @@ static void fill_body(mlr_smtp *e)
         return;
     }
     compact_out(e);
+    t->body_sent += e->body_credit;
+    e->body_credit = 0;
     while (e->body && e->out.len < e->out_block && !e->status.err) {
         const uint8_t *p = NULL;
         size_t n = 0, w = 0;
-        int rc = t->read(t->read_ud, &p, &n);
+        int rc = e->body_eof ? 0 : t->read(t->read_ud, &p, &n);
         if (rc == MLR_BODY_WAIT) {
             e->body_wait = 1;
             return;
@@ -1582,19 +1770,7 @@ static void fill_body(mlr_smtp *e)
             return;
         }
         if (rc == 0) {
-            uint8_t fin[MLR_DOT_FINISH_MAX];
-            size_t fl = mlr_dot_finish(&e->dot, fin);
-            if (mlr_buf_add(&e->out, fin, fl) || expect(e, X_DOT, t)) {
-                nomem(e);
-                return;
-            }
-            trace(e, 'C', ".", 1);
-            t->phase = P_DOT;
-            t->body_done = 1;
-            e->body = NULL;
-            e->need_rset = 0;  /* the dot ends the transaction, whatever its reply */
-            e->step_id++;
-            pump(e);  /* with PIPELINING the next message's commands follow the dot */
+            data_end(e, t);
             return;
         }
         if (n > (SIZE_MAX - 8) / 2 || mlr_buf_reserve(&e->out, MLR_DOT_BOUND(n))) {
@@ -1602,10 +1778,7 @@ static void fill_body(mlr_smtp *e)
             return;
         }
         if (mlr_dot_encode(&e->dot, p, n, (uint8_t *)e->out.data + e->out.len, &w)) {
-            fatal(e, MLR_ERR_INPUT, 0, NULL, 0,
-                  "the message has a NUL octet or a line longer than %zu octets; "
-                  "connection closed so that no partial message is delivered",
-                  e->max_line);
+            body_input_error(e);
             return;
         }
         e->out.len += w;
@@ -1661,6 +1834,8 @@ void mlr_smtp_consume(mlr_smtp *e, size_t n)
         e->out_pos = 0;
         e->out.len = 0;
         e->wire_at = 0;
+        if (!e->wire_busy)
+            prefetch(e);   /* the server is busy: use the wait */
     }
 }
 

@@ -148,11 +148,15 @@ typedef struct mlr_smtp_txn {
     int bdat, bdat_last, bdat_stopped;   /* BDAT in use; LAST sent; stopped after a refusal */
     int bdat_early;                      /* BDAT went out behind the RCPTs, before their
                                             replies (a small message, PIPELINING) */
+    size_t results_cap;                  /* entries results has room for (reused) */
     size_t bdat_sent, bdat_replies;      /* chunks sent, replies to them */
 } mlr_smtp_txn;
 
 void mlr_smtp_txn_init(mlr_smtp_txn *t, const mlr_alloc *a);
 void mlr_smtp_txn_free(mlr_smtp_txn *t);
+/* Make a finished (or never sent) transaction ready for the next message:
+ * every field cleared, its buffers kept for reuse. */
+void mlr_smtp_txn_clear(mlr_smtp_txn *t);
 
 /* Create an engine; copies every string of opts. NULL on allocation
  * failure or when opts is unusable (*err says which: MLR_ERR_NOMEM,

@@ -46,6 +46,7 @@ typedef struct wire {
     int ca_loaded;      /* ctx has a trust store */
     int tls_up;         /* the handshake completed */
     int tls_dead;       /* a fatal TLS error or a broken write: no close_notify */
+    int wrote;          /* the last call wrote: a reply is a round trip away */
     unsigned port;
     char host[256];
     char servername[256];
@@ -603,6 +604,7 @@ static long wire_read_some(wire *w, uint8_t *buf, size_t cap, int *want_write, c
 /* Write all n bytes before deadline (seconds: for messages). */
 static int write_all(wire *w, const uint8_t *p, size_t n, int64_t deadline, double seconds, xerr *x)
 {
+    w->wrote = 1;
     while (n > 0) {
         char why[400];
         int want_read, k;
@@ -828,6 +830,17 @@ long mlr_sock_read(mlr_sock *s, void *buf, size_t cap, int timeout_ms, char *err
         return sock_closed(&x);
     if (cap == 0)
         return fail(&x, MLR_ERR_INPUT, 0, "no room to read into");
+    /* Right after a write the answer is a round trip away: wait first
+     * (poll, then recv) rather than try, fail and wait (three calls). */
+    if (w->wrote && !(w->ssl && SSL_pending(w->ssl) > 0)) {
+        int k = wait_fd(w->fd, POLLIN, deadline);
+        w->wrote = 0;
+        if (k == 0)
+            return fail(&x, MLR_ERR_TIMEOUT, 1, "timeout waiting for data from %s port %u (%g s)",
+                        w->host, w->port, ms / 1000.0);
+        if (k < 0)
+            return fail(&x, MLR_ERR_NETWORK, 1, "poll failed: %s", strerror(errno));
+    }
     for (;;) {
         char why[400];
         int want_write, k;

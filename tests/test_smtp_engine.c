@@ -1390,8 +1390,87 @@ static void bdat(void)
     }
 }
 
+/* Write everything pending into out; returns the octets written. */
+static size_t drain(mlr_smtp *e, mlr_buf *out)
+{
+    const uint8_t *p;
+    size_t n, total = 0;
+    while ((n = mlr_smtp_pending(e, &p)) > 0) {
+        mlr_buf_add(out, p, n);
+        mlr_smtp_consume(e, n);
+        total += n;
+    }
+    return total;
+}
+
+static void feed_str(mlr_smtp *e, const char *s) { mlr_smtp_feed(e, (const uint8_t *)s, strlen(s)); }
+
+/* DATA read-ahead: while the 354 is awaited the body is read and stuffed
+ * aside; nothing of it goes out, and none of it counts as sent, before
+ * the 354; a refused DATA drops it. */
+static void read_ahead(void)
+{
+    mlr_smtp_opts o = PLAIN_OPTS;
+    static const tmsg m1 = {.from = "a@example.com", .rcpt = {"b@example.com"},
+                            .body = ".dot\nhello\n", .chunk = 4};
+    static const tmsg m2 = {.from = "a@example.com", .rcpt = {"c@example.com"},
+                            .body = "second\r\n"};
+    const char *rc1[1] = {"b@example.com"}, *rc2[1] = {"c@example.com"};
+    size_t l1[1] = {13}, l2[1] = {13};
+    reader r1 = {&m1, 0, 0}, r2 = {&m2, 0, 0};
+    mlr_smtp_txn t1, t2;
+    mlr_buf out;
+    int err;
+    char msg[128];
+    size_t n;
+    mlr_smtp *e = mlr_smtp_new(mlr_default_alloc(), &o, &err, msg, sizeof msg);
+    mlr_buf_init(&out, mlr_default_alloc());
+    mlr_smtp_txn_init(&t1, mlr_default_alloc());
+    mlr_smtp_txn_init(&t2, mlr_default_alloc());
+    t1.from = t2.from = "a@example.com";
+    t1.from_len = t2.from_len = 13;
+    t1.rcpt = rc1;
+    t1.rcpt_len = l1;
+    t2.rcpt = rc2;
+    t2.rcpt_len = l2;
+    t1.nrcpt = t2.nrcpt = 1;
+    t1.read = t2.read = read_body;
+    t1.read_ud = &r1;
+    t2.read_ud = &r2;
+    feed_str(e, "220 mx ESMTP\r\n");
+    drain(e, &out);
+    feed_str(e, "250-mx\r\n250 PIPELINING\r\n");
+    mlr_smtp_send(e, &t1);
+    mlr_smtp_send(e, &t2);
+    drain(e, &out);
+    TAP_OK(strstr(out.data, "DATA\r\n") && r1.calls == 0 && r1.off == strlen(m1.body),
+           "read-ahead: the body was read while the 354 is awaited");
+    TAP_OK(!strstr(out.data, "dot") && t1.body_sent == 0 && !t1.body_done,
+           "read-ahead: none of it went out or counts as sent before the 354");
+    mlr_buf_reset(&out);
+    feed_str(e, "250 ok\r\n250 ok\r\n354 go\r\n");
+    TAP_OK(t1.body_sent == 0, "read-ahead: counted only when the writer takes it");
+    n = drain(e, &out);
+    TAP_OK(n > 0 && !strncmp(out.data, "..dot\r\nhello\r\n.\r\nMAIL FROM:<a@example.com>\r\n", 44) &&
+               t1.body_sent == strlen(m1.body) && t1.body_done,
+           "read-ahead: after the 354 the stuffed body, its dot and the next commands leave "
+           "together");
+    mlr_buf_reset(&out);
+    feed_str(e, "250 queued\r\n250 ok\r\n250 ok\r\n554 5.3.0 no data today\r\n");
+    drain(e, &out);
+    TAP_OK(t1.done && t1.status.code == 250 && t2.done && t2.status.code == 554 &&
+               t2.body_sent == 0 && (!out.data || !strstr(out.data, "second")),
+           "read-ahead: a refused DATA drops what was read ahead (%d, %d)", t1.status.code,
+           t2.status.code);
+    mlr_smtp_txn_free(&t1);
+    mlr_smtp_txn_free(&t2);
+    mlr_buf_free(&out);
+    mlr_smtp_free(e);
+}
+
 int main(void)
 {
+    read_ahead();
     bdat();
     happy_paths();
     starttls_and_auth();
