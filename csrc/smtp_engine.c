@@ -807,7 +807,7 @@ static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t)
 size_t mlr_smtp_window(const mlr_smtp *e)
 {
     unsigned both = MLR_CAP_CHUNKING | MLR_CAP_PIPELINING;
-    return (e->caps.flags & both) == both && !e->no_chunking ? MLR_SMTP_MAX_TXN : 2;
+    return (e->caps.flags & both) == both && !e->no_chunking ? MLR_SMTP_MAX_TXN : 3;
 }
 
 int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t)

@@ -215,10 +215,12 @@ unsigned mlr_smtp_auth_mech(const mlr_smtp *e);
  * written, and do not harm the connection. */
 #define MLR_SMTP_MAX_TXN 8
 int mlr_smtp_send(mlr_smtp *e, mlr_smtp_txn *t);
-/* How many transactions are worth queuing at once: 2 (one sending, the
- * next one's commands behind its end) unless small messages can go back
- * to back as pipelined BDAT (CHUNKING and PIPELINING offered, chunking
- * not turned off), then MLR_SMTP_MAX_TXN. Meaningful once ready. */
+/* How many transactions are worth queuing at once: 3 (one awaiting the
+ * reply to its end, one its 354, the next one queued so that its commands
+ * follow the end of the one before in the same write) unless small
+ * messages can go back to back as pipelined BDAT (CHUNKING and PIPELINING
+ * offered, chunking not turned off), then MLR_SMTP_MAX_TXN. Meaningful
+ * once ready. */
 size_t mlr_smtp_window(const mlr_smtp *e);
 
 /* Simple commands, allowed only while idle (MLR_ERR_STATE otherwise):

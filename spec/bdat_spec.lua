@@ -158,9 +158,11 @@ describe("BDAT", function()
       local conn = assert(mailer.connect { host = "127.0.0.1", port = p.port, security = "none", timeout = 30,
                                            trace = function(dir, l) trace[#trace + 1] = dir .. " " .. l end })
       assert.is_true(conn.capabilities.CHUNKING and conn.capabilities.PIPELINING)
-      local function small(i, from, to)
+      local key = servers.mkdir("bdat-small-key") .. "/ed.pem"
+      os.execute("env -u LD_PRELOAD openssl genpkey -algorithm ED25519 -out " .. sh_quote(key) .. " 2>/dev/null")
+      local function small(i, from, to, dkim)
         return assert(mailer.message { from = from or "alice@example.com", to = to, subject = "small " .. i,
-                                       text = ".first line\nmessage " .. i .. "\n" })
+                                       text = ".first line\nmessage " .. i .. "\n", dkim = dkim })
       end
       local msgs = {
         small(1, nil, "user1@" .. d),
@@ -168,7 +170,8 @@ describe("BDAT", function()
         small(3, nil, { "user2@" .. d, "unknown2@" .. d }),      -- one of two refused
         small(4, "refused@example.com", "user3@" .. d),         -- the sender refused
         small(5, nil, "user4@" .. d),
-        small(6, nil, "user5@" .. d),
+        small(6, nil, "user5@" .. d,                            -- signed: a stepped rendering
+              { domain = "example.com", selector = "sel", key = key, algorithm = "ed25519-sha256" }),
         small(7, nil, "user6@" .. d),
       }
       local results = conn:send_many(msgs)

@@ -253,9 +253,14 @@ local function after_callback(self)
   if not (self.cb_new or self.close_requested) then return true end
   local cb_new = self.cb_new
   self.cb_new = false
+  -- every message in flight when it was raised (or just finished: its
+  -- last progress) carries it, the ones given up below included
+  if cb_new then
+    for _, rec in ipairs(self.inflight or {}) do
+      if rec.cb_err == nil then rec.cb_err = self.cb_err end
+    end
+  end
   for _, rec in ipairs(self.inflight or {}) do
-    -- in flight when it was raised (or just finished: its last progress)
-    if cb_new and rec.cb_err == nil then rec.cb_err = self.cb_err end
     if not rec.done and not self.e:sent(rec.slot) then
       local why = self.cb_failed and ("a callback raised an error: " .. tostring(self.cb_err))
         or "the connection was closed by one of its callbacks"
@@ -335,7 +340,7 @@ local function drive(self, stop)
     if step_id ~= step then
       -- something happened (a reply, a data block): outcomes and progress
       -- can only have changed now
-      if stop and stop() then
+      if stop and stop(w) then
         if not after_callback(self) then
           local _, err = e:want()
           return nil, err
@@ -519,9 +524,10 @@ end
 
 -- conn:_send_many(produce, opts) -> results; produce() returns a message,
 -- false plus an error object, or nil at the end. The engine says how many
--- messages are worth having in flight (e:window()): two for DATA, so the
--- next one's commands go out behind the previous final dot; more when
--- small messages can go back to back as pipelined BDAT.
+-- messages are worth having in flight (e:window()): three for DATA (one
+-- awaiting the reply to its dot, one its 354, and the next queued, so its
+-- commands go out behind the dot in the same write); more when small
+-- messages can go back to back as pipelined BDAT.
 -- Never raises for a callback: results.callback_error holds the first
 -- error, and the messages in flight when it was raised carry it too (a
 -- receipt with callback_error when the server had the whole message, else
@@ -561,10 +567,13 @@ function methods:_send_many(produce, opts)
     end
     if #order == 0 then break end
     local first = order[1]
-    drive(self, function()
+    drive(self, function(w)
       if self.progress then
-        for i = 2, #order do poll(self, order[i]) end   -- progress of the one behind
+        for i = 2, #order do poll(self, order[i]) end   -- progress of the ones behind
       end
+      -- bytes the server waits for (the next body after its 354) go out
+      -- before the outcome of the first is taken and the next message queued
+      if w then return false end
       return poll(self, first)
     end)
     if not poll(self, first) then
