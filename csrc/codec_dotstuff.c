@@ -26,7 +26,7 @@ void mlr_dot_init_plain(mlr_dot *s, size_t max_line)
 /* Length of the leading run of p holding no CR, LF or NUL: eight octets
  * at a time (a zero-byte test on the word XORed with each of them), then
  * octet by octet. Bulk data such as base64 lines is mostly such runs. */
-static size_t plain_run(const uint8_t *p, size_t n)
+size_t mlr_plain_run(const uint8_t *p, size_t n)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     size_t i = 0;
@@ -94,7 +94,7 @@ int mlr_dot_encode(mlr_dot *s, const uint8_t *in, size_t n, uint8_t *out,
         }
         /* copy a run of ordinary octets (dots inside a line included) */
         start = i++;
-        i += plain_run(in + i, n - i);
+        i += mlr_plain_run(in + i, n - i);
         run = i - start;
         memcpy(out + o, in + start, run);
         o += run;

@@ -27,6 +27,10 @@ void mlr_dot_init(mlr_dot *s, size_t max_line);
 /* The same normaliser without dot-stuffing (for BDAT). */
 void mlr_dot_init_plain(mlr_dot *s, size_t max_line);
 
+/* Length of the leading run of p[0..n) holding no CR, LF or NUL (eight
+ * octets at a time). */
+size_t mlr_plain_run(const uint8_t *p, size_t n);
+
 /* Largest output of one mlr_dot_encode call on n octets (n < SIZE_MAX/2). */
 #define MLR_DOT_BOUND(n) (2 * (n) + 2)
 

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE 1   /* mkostemp (glibc; the BSDs and macOS have it by default) */
 #include "mime_message.h"
 #include "codec_base64.h"
+#include "codec_dotstuff.h"
 #include "codec_qp.h"
 #include "dkim.h"
 #include "mime_addr.h"
@@ -50,7 +51,9 @@ typedef struct part {
     int src, enc, consumed;
     char *data;                 /* SRC_MEM: owned copy (text: CRLF-normalised), or */
     int borrowed;               /* the caller's bytes, kept alive by the caller */
-    size_t len;
+    size_t len;                 /* (a text with bare line ends: its CRLF length) */
+    int crlf;                   /* borrowed text with bare CR / LF: normalised as it is read */
+    size_t raw_len;             /* ... and its length as given */
     char *path;                 /* SRC_FILE */
     mlr_source_fn fn;           /* SRC_FN */
     void *ud;
@@ -397,18 +400,26 @@ static int normalise_text(mlr_msg *m, part *p, const char *s, size_t n)
 {
     size_t i, extra = 0, o = 0;
     char *d;
-    for (i = 0; i < n; i++)
-        if ((s[i] == '\r' && (i + 1 >= n || s[i + 1] != '\n')) ||
-            (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')))
-            extra++;
-    if (extra == 0 && m->borrow) {   /* already CRLF: the caller's bytes as they are */
-        p->data = (char *)s;
-        p->len = n;
-        p->borrowed = 1;
-        return MLR_OK;
+    for (i = 0; i < n;) {   /* count the bare CRs and LFs, skipping plain runs */
+        i += mlr_plain_run((const uint8_t *)s + i, n - i);
+        if (i >= n)
+            break;
+        if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
+            i += 2;
+        else
+            extra += s[i++] != '\0';
     }
     if (extra > SIZE_MAX - n - 1)
         return MLR_ERR_NOMEM;
+    if (m->borrow) {   /* the caller's bytes as they are; bare line ends become
+                          CRLF as the renderer reads them, never in a copy */
+        p->data = (char *)s;
+        p->len = n + extra;
+        p->raw_len = n;
+        p->crlf = extra > 0;
+        p->borrowed = 1;
+        return MLR_OK;
+    }
     d = mlr_malloc(m->a, n + extra + 1);
     if (!d)
         return MLR_ERR_NOMEM;
@@ -428,8 +439,62 @@ static int normalise_text(mlr_msg *m, part *p, const char *s, size_t n)
     return MLR_OK;
 }
 
-/* Pick 7bit, quoted-printable or base64 for a CRLF-normalised text. */
-static int choose_encoding(const char *s, size_t n)
+/* Copy raw text from *i into out (room cap >= 2) with every bare CR or LF
+ * written as CRLF; stops at the end or when out is full. The text is all
+ * in memory, so a CR at a slice's end looks at the next octet: no state. */
+static size_t crlf_slice(const char *s, size_t end, size_t *i, uint8_t *out, size_t cap)
+{
+    size_t k = *i, o = 0;
+    while (k < end) {
+        const char *q = s + k;
+        size_t seg, lim;
+        if (*q == '\n' || *q == '\r') {
+            if (o + 2 > cap)
+                break;
+            k += (*q == '\r' && k + 1 < end && q[1] == '\n') ? 2 : 1;
+            out[o++] = '\r';
+            out[o++] = '\n';
+            continue;
+        }
+        if (o == cap)
+            break;
+        lim = end - k < cap - o ? end - k : cap - o;
+        seg = mlr_plain_run((const uint8_t *)q, lim);
+        while (seg < lim && q[seg] == '\0')   /* (a NUL is an ordinary octet here) */
+            seg += 1 + mlr_plain_run((const uint8_t *)q + seg + 1, lim - seg - 1);
+        memcpy(out + o, q, seg);
+        o += seg;
+        k += seg;
+    }
+    *i = k;
+    return o;
+}
+
+/* The quoted-printable size of a borrowed text with bare line ends, as if
+ * normalised: it goes through the encoder in blocks (bounded memory). */
+static int64_t crlf_qp_size(part *p)
+{
+    enum { BLK = 4096 };
+    uint8_t in[BLK], out[4 * BLK + MLR_QP_FINISH_MAX + 64];
+    size_t i = 0;
+    uint64_t total = 0;
+    mlr_qp qp;
+    if (p->qp_size >= 0)
+        return p->qp_size;
+    mlr_qp_init(&qp);
+    while (i < p->raw_len) {
+        size_t n = crlf_slice(p->data, p->raw_len, &i, in, BLK);
+        total += mlr_qp_encode(&qp, in, n, out);
+    }
+    total += mlr_qp_finish(&qp, out);
+    p->qp_size = (int64_t)total;
+    return p->qp_size;
+}
+
+/* Pick 7bit, quoted-printable or base64 for a text (bare line ends count
+ * as the CRLF they become); qp_size: its encoded size, computed only when
+ * needed (NULL: s is CRLF-normalised, measure it directly). */
+static int choose_encoding(const char *s, size_t n, int64_t (*qp_size)(part *), part *p)
 {
     size_t i, line = 0;
     int plain = 1;
@@ -437,9 +502,10 @@ static int choose_encoding(const char *s, size_t n)
         unsigned char c = (unsigned char)s[i];
         if (c == 0)
             return ENC_B64; /* NUL: binary, whatever the rest */
-        if (c == '\r' && i + 1 < n && s[i + 1] == '\n') {
+        if (c == '\r' || c == '\n') {   /* CRLF, or a bare one (CRLF once normalised) */
             line = 0;
-            i++;
+            if (c == '\r' && i + 1 < n && s[i + 1] == '\n')
+                i++;
             continue;
         }
         if (c >= 0x80 || (c < 0x20 && c != '\t') || c == 0x7F)
@@ -452,8 +518,10 @@ static int choose_encoding(const char *s, size_t n)
     }
     if (plain)
         return ENC_7BIT;
-    return mlr_qp_encoded_size((const uint8_t *)s, n) <= mlr_b64_encoded_size(n, 76) ? ENC_QP
-                                                                                      : ENC_B64;
+    return (qp_size ? (uint64_t)qp_size(p) : mlr_qp_encoded_size((const uint8_t *)s, n)) <=
+                   mlr_b64_encoded_size(p ? p->len : n, 76)
+               ? ENC_QP
+               : ENC_B64;
 }
 
 static const char *enc_name(int enc)
@@ -479,7 +547,8 @@ static int set_body(mlr_msg *m, part **slot, const char *subtype, const char *fi
         return rc;
     p->src = SRC_MEM;
     p->size = (int64_t)p->len; /* known, for a base64 body's size */
-    p->enc = choose_encoding(p->data, p->len);
+    p->enc = p->crlf ? choose_encoding(p->data, p->raw_len, crlf_qp_size, p)
+                     : choose_encoding(p->data, p->len, NULL, NULL);
     snprintf(p->field, sizeof p->field, "%s", field);
     snprintf(line, sizeof line,
              "Content-Type: text/%s; charset=utf-8\r\nContent-Transfer-Encoding: %s\r\n",
@@ -758,8 +827,8 @@ static int64_t body_size(const part *p)
 {
     if (p->enc == ENC_7BIT)
         return (int64_t)p->len;
-    if (p->enc == ENC_QP && p->src != SRC_MEM)
-        return p->qp_size;   /* a streamed text body: measured, or unknown */
+    if (p->enc == ENC_QP && (p->src != SRC_MEM || p->crlf))
+        return p->qp_size;   /* a streamed or borrowed text body: measured, or unknown */
     if (p->enc == ENC_QP)
         return (int64_t)mlr_qp_encoded_size((const uint8_t *)p->data, p->len);
     if (p->size < 0)
@@ -1371,6 +1440,12 @@ void mlr_render_set_stepped(mlr_render *r, int on) { r->stepped = on; }
  * 0 at the end, READ_NEED, or a negative error. Sets *ptr to the bytes. */
 static long read_block(mlr_render *r, part *p, const uint8_t **ptr)
 {
+    if (p->src == SRC_MEM && p->crlf) {   /* normalised here, into the input area */
+        uint8_t *in = r->out + r->out_cap - IN_BLOCK;
+        size_t n = crlf_slice(p->data, p->raw_len, &r->mem_off, in, IN_BLOCK);
+        *ptr = in;
+        return (long)n;
+    }
     if (p->src == SRC_MEM) {
         size_t n = p->len - r->mem_off;
         if (n > IN_BLOCK)
@@ -1610,7 +1685,7 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
                         return rc;
                 }
             }
-            if (pt->enc == ENC_7BIT) {
+            if (pt->enc == ENC_7BIT && !pt->crlf) {
                 /* already CRLF-normalised text: hand it out as is */
                 r->open = 0;
                 r->op++;
@@ -1621,12 +1696,15 @@ int mlr_render_next(mlr_render *r, const uint8_t **p, size_t *n)
                 return 1;
             }
         }
-        if (pt->enc == ENC_RAW) {   /* a whole message file: copied as is */
+        if (pt->enc == ENC_RAW || pt->enc == ENC_7BIT) {
+            /* a whole message file, or 7bit text normalised as it is read:
+             * copied as is */
             got = read_block(r, pt, &in);
             if (got < 0)
                 return (int)got;
             if (got == 0) {
-                fclose(r->fp);
+                if (r->fp)
+                    fclose(r->fp);
                 r->fp = NULL;
                 r->open = 0;
                 r->op++;

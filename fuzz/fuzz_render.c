@@ -1,7 +1,8 @@
 /* fuzz_render.c - the message builder and the streaming renderer, driven
  * by a fuzzer-built message.
  *
- * The input is a script of builder calls (addresses in both forms,
+ * The input is a script of builder calls (strings copied, or borrowed as
+ * the Lua binding does; addresses in both forms,
  * subject, custom headers, text, html, attachments from memory or from a
  * producer, inline parts, date, Message-ID), optionally with the Nth
  * allocation failing. A model of what was accepted is kept here; the
@@ -651,6 +652,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_ASSERT(h.failed);
         goto done;
     }
+    /* as the Lua binding builds: strings borrowed, texts with bare line
+     * ends normalised as they are rendered (the input outlives msg) */
+    if (head & 0x40)
+        mlr_msg_borrow_strings(msg, 1);
     for (ops = 0; ops < 24 && in.n; ops++) {
         uint8_t op = fz_u8(&in);
         const uint8_t *a, *b;
