@@ -571,9 +571,11 @@ function methods:_send_many(produce, opts)
       if self.progress then
         for i = 2, #order do poll(self, order[i]) end   -- progress of the ones behind
       end
-      -- bytes the server waits for (the next body after its 354) go out
-      -- before the outcome of the first is taken and the next message queued
-      if w then return false end
+      -- with DATA, bytes the server waits for (the next body, after its
+      -- 354) go out before the outcome of the first is taken and the next
+      -- message queued; with back-to-back BDAT (a wider window) the window
+      -- is refilled first, so that several messages share a write
+      if w and window <= 3 then return false end
       return poll(self, first)
     end)
     if not poll(self, first) then
