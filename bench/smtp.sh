@@ -124,4 +124,5 @@ run "raw pipelined reference (C)"     W3 "$BUILD/bench_smtp_raw" 127.0.0.1 "$DIS
 run "mailer send_many (BDAT pipelined)" W4 $B mailer-many W1 "$CHUNK_PORT" "$W1"
 run "mailer send_many (chunking=false)" W4 $B mailer-many-data W1 "$CHUNK_PORT" "$W1"
 run "raw Python, BDAT, 8 in flight"   W4 "$PY" "$ROOT/bench/smtp_raw.py" bdat "$CHUNK_PORT" "$TMP/w1" 8
+run "raw C, BDAT, 8 in flight"        W4 "$BUILD/bench_smtp_raw" 127.0.0.1 "$CHUNK_PORT" "$W1" 3 "$TMP/w1one.eml" bdat
 run "raw Python, DATA (RFC 2920)"     W4 "$PY" "$ROOT/bench/smtp_raw.py" data "$CHUNK_PORT" "$TMP/w1"

@@ -177,6 +177,7 @@ static int expect(mlr_smtp *e, int kind, mlr_smtp_txn *t)
 }
 
 static void txn_finish(mlr_smtp *e, mlr_smtp_txn *t);
+static int awaits(const mlr_smtp *e, const mlr_smtp_txn *t);
 static void take_prefetch(mlr_smtp *e, mlr_smtp_txn *t);
 static void data_end(mlr_smtp *e, mlr_smtp_txn *t);
 
@@ -216,9 +217,10 @@ static int vfatal(mlr_smtp *e, int err, int temporary, const mlr_reply *r, int q
     for (i = 0; i < e->ntx; i++) {
         mlr_smtp_txn *t = e->txq[i];
         t->status = e->status;
-        if (t->phase == P_DOT && !t->dot_ignored &&
-            (err == MLR_ERR_NETWORK || err == MLR_ERR_TIMEOUT) &&
-            !strstr(t->status.message, "outcome")) {
+        /* its end was handed out and its reply is lost with the session
+         * (a drop, a timeout, or a failure elsewhere, such as a callback
+         * that gave up another message in flight): it may have arrived */
+        if (t->phase == P_DOT && !t->dot_ignored && !strstr(t->status.message, "outcome")) {
             size_t l = strlen(t->status.message);
             snprintf(t->status.message + l, sizeof t->status.message - l,
                      " (outcome unknown: the message may or may not have been delivered)");
@@ -1127,7 +1129,9 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (is_2xx(r->code)) {
             t->mail_ok = 1;
-            if (!t->body_done)   /* (an early BDAT LAST already ended it) */
+            /* (an early BDAT LAST already ended it; a given-up one has its
+             * RSET arranged already) */
+            if (!t->body_done && !t->bdat_stopped)
                 e->need_rset = 1;
             if (!pipelined)
                 send_cmds(e, t);
@@ -1152,8 +1156,11 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (t->naccepted == 0)
             all_rejected(t);
-        if (t->bdat_early)   /* the body is on its way: its BDAT reply ends it */
+        if (t->bdat_early) {   /* the body is on its way: its BDAT reply ends it */
+            if (t->bdat_stopped && !awaits(e, t))   /* (or it was given up) */
+                txn_finish(e, t);
             return;
+        }
         if (t->bdat) {   /* no DATA: the body follows once the recipients are known */
             if (t->failed)
                 txn_finish(e, t);
@@ -1595,6 +1602,49 @@ static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc)
           why && *why ? why : "source error");
 }
 
+/* Does a reply still due belong to t? */
+static int awaits(const mlr_smtp *e, const mlr_smtp_txn *t)
+{
+    size_t i;
+    for (i = 0; i < e->qlen; i++)
+        if (e->q[(e->qhead + i) % QCAP].t == t)
+            return 1;
+    return 0;
+}
+
+/* BDAT: the body cannot go on (its source failed; a NUL or an overlong
+ * line). Unlike DATA nothing forces the connection closed: no chunk with
+ * LAST went out, so the server holds an open transaction, and the RSET
+ * that starts the next one (RFC 3030 4.1) drops it with whatever chunks
+ * it got. Only this message fails; it is done once its replies are in. */
+static void bdat_abort(mlr_smtp *e, mlr_smtp_txn *t, int err, const char *why)
+{
+    if (err == MLR_ERR_NOMEM) {
+        nomem(e);
+        return;
+    }
+    if (!t->failed) {
+        memset(&t->status, 0, sizeof t->status);
+        t->failed = 1;
+        t->status.err = err;
+        snprintf(t->status.message, sizeof t->status.message,
+                 "%s; the transaction was given up (no BDAT LAST), so that no partial message "
+                 "is delivered",
+                 why);
+    }
+    t->bdat_stopped = 1;
+    t->phase = P_DOT;
+    e->body = NULL;
+    e->body_wait = 0;
+    e->bdat_eof = 0;
+    mlr_buf_reset(&e->chunk);
+    e->need_rset = 1;
+    e->step_id++;
+    if (!awaits(e, t))
+        txn_finish(e, t);
+    pump(e);
+}
+
 /* BDAT: CRLF-normalise p[0..n) into the chunk (bare CR / LF become CRLF;
  * NUL and overlong lines refused), or copy it as is for BINARYMIME. */
 static int bdat_add(mlr_smtp *e, mlr_smtp_txn *t, const uint8_t *p, size_t n)
@@ -1687,7 +1737,11 @@ static void fill_bdat(mlr_smtp *e)
             return;
         }
         if (rc < 0) {
-            read_failed(e, t, rc);
+            char why[400];
+            const char *w = t->read_error ? t->read_error(t->read_ud) : NULL;
+            snprintf(why, sizeof why, "reading the message failed during BDAT: %s",
+                     w && *w ? w : "source error");
+            bdat_abort(e, t, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, why);
             return;
         }
         if (rc == 0) {
@@ -1715,7 +1769,10 @@ static void fill_bdat(mlr_smtp *e)
             return;
         }
         if (rc) {
-            body_input_error(e);
+            char why[200];
+            snprintf(why, sizeof why, "the message has a NUL octet or a line longer than %zu octets",
+                     e->max_line);
+            bdat_abort(e, t, MLR_ERR_INPUT, why);
             return;
         }
         t->body_sent += n;

@@ -213,6 +213,109 @@ describe("BDAT", function()
       end
     end)
 
+    -- a hostile progress callback with messages in flight: whatever the
+    -- timing, no message that reached the server is reported as simply
+    -- failed (a retry would send it twice): each delivered one has a
+    -- receipt or an "outcome unknown" error, and every entry carries the
+    -- error. The error comes from the progress of a large message (it waits
+    -- for its RCPT replies, then streams) while small ones are on the wire
+    -- before and after it.
+    for _, when in ipairs { "first", "middle" } do
+      it("a callback error with messages in flight never hides a delivery (" .. when .. " octets)", function()
+        local p = servers.postfix {}
+        local d = p.domain
+        local conn = assert(mailer.connect { host = "127.0.0.1", port = p.port, security = "none", timeout = 30 })
+        local msgs = {}
+        for i = 1, 12 do
+          local t = { from = "alice@example.com", to = "user" .. i .. "@" .. d,
+                      subject = "flight " .. i, text = "message " .. i .. "\n" }
+          if i == 4 then t.attachments = { { data = ("z"):rep(3 * 1024 * 1024), filename = "z.bin" } } end
+          msgs[i] = assert(mailer.message(t))
+        end
+        local big = msgs[4]:size()
+        local results = conn:send_many(msgs, { progress = function(sent, total)
+          if total == big and sent > 0 and (when == "first" or sent > total / 2) then error("midway") end
+        end })
+        conn:close()
+        assert.matches("midway", tostring(results.callback_error))
+        local maybe, taken = {}, 0
+        for i = 1, 12 do
+          local r = results[i]
+          if r then
+            taken = i
+            if r.code then
+              maybe[i] = true
+            else
+              if r.error.message:find("outcome unknown", 1, true) then maybe[i] = true end
+            end
+          end
+        end
+        -- the large one was given up, before its end reached the wire
+        assert.are.equal("input", results[4].error.kind)
+        assert.matches("midway", tostring(results[4].error.callback_error))
+        assert.is_nil(results[4].error.message:find("outcome unknown", 1, true))
+        assert.is_true(taken >= 4 and taken <= 11, "taken: " .. taken)
+        for i = taken + 1, 12 do assert.is_nil(results[i]) end
+        -- what Postfix delivered: only messages reported delivered or unknown
+        local got = p:wait_messages(12, 3, { crlf = true })
+        for _, m in ipairs(got) do
+          local i = tonumber(m:match("\r\nSubject: flight (%d+)"))
+          assert.truthy(maybe[i], "message " .. tostring(i) .. " was delivered but reported failed")
+        end
+      end)
+    end
+
+    -- a source that fails under BDAT gives up its own message only: no
+    -- BDAT LAST went out, so the RSET that starts the next transaction
+    -- drops what the server got; the connection goes on
+    it("a failing source gives up its own message only; the connection goes on", function()
+      local p = servers.postfix {}
+      local d = p.domain
+      local conn = assert(mailer.connect { host = "127.0.0.1", port = p.port, security = "none", timeout = 30 })
+      local function failing(big)
+        local n = 0
+        local size = big and 200000 or 30
+        return { filename = "s.bin", size = size, source = function()
+          n = n + 1
+          if n == 1 then return ("s"):rep(big and 100000 or 10) end
+          error("source broke")
+        end }
+      end
+      local msgs = {}
+      for i = 1, 8 do
+        local t = { from = "alice@example.com", to = "user" .. i .. "@" .. d,
+                    subject = "chain " .. i, text = "message " .. i .. "\n" }
+        if i == 5 then t.attachments = { failing(false) } end   -- back to back
+        if i == 7 then t.attachments = { failing(true) } end    -- after its RCPT replies, chunks out
+        msgs[i] = assert(mailer.message(t))
+      end
+      local results = conn:send_many(msgs)
+      for i = 1, 8 do
+        if i == 5 or i == 7 then
+          assert.are.equal("input", results[i].error.kind)
+          assert.matches("source broke", results[i].error.message)
+        else
+          assert.are.equal(250, results[i].code, tostring(results[i].error))
+        end
+      end
+      assert.is_nil(results.callback_error)   -- (a source error is the message's own)
+      -- send on the same connection: the failure gave up one message, no more
+      local r, err = conn:send(assert(mailer.message { from = "alice@example.com", to = "user9@" .. d,
+                                                        subject = "chain 9", text = "after\n",
+                                                        attachments = { failing(true) } }))
+      assert.is_nil(r)
+      assert.are.equal("input", err.kind)
+      assert(conn:send { from = "alice@example.com", to = "user10@" .. d, subject = "chain 10", text = "ok\n" })
+      conn:close()
+      local got, why = p:wait_messages(7, 30, { crlf = true })
+      assert.are.equal(7, #got, why)
+      local seen = {}
+      for _, m in ipairs(got) do seen[#seen + 1] = tonumber(m:match("\r\nSubject: chain (%d+)")) end
+      table.sort(seen)
+      assert.are.same({ 1, 2, 3, 4, 6, 8, 10 }, seen)
+      for _, m in ipairs(got) do assert.is_nil(m:find("c3Nzc3Nz", 1, true)) end   -- nothing partial ("sss" in base64)
+    end)
+
     it("delivers exactly what was rendered, DKIM still verifying", function()
       local p = servers.postfix {}
       local key = servers.mkdir("bdat-key") .. "/rsa.pem"

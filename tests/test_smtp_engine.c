@@ -27,7 +27,7 @@ typedef struct msg {
     size_t chunk;      /* body reader chunk size, 0 = whole */
     unsigned notify;
     const char *ret;
-    int fail_read;     /* the reader fails after the first chunk */
+    int fail_read;     /* the reader fails after this many chunks (0: never) */
     int binary;        /* BINARYMIME opt-in */
 } tmsg;
 
@@ -73,7 +73,7 @@ static int read_body(void *ud, const uint8_t **p, size_t *n)
     reader *r = ud;
     size_t len = r->m->body_len ? r->m->body_len : strlen(r->m->body);
     size_t chunk = r->m->chunk ? r->m->chunk : len;
-    if (r->m->fail_read && r->calls++ > 0)
+    if (r->m->fail_read && r->calls++ >= r->m->fail_read)
         return MLR_ERR_IO;
     if (r->off >= len)
         return 0;
@@ -1268,6 +1268,73 @@ static void bdat(void)
         TAP_OK(bd && memmem(b.trace.data, (size_t)(bd - b.trace.data), "\nS: 250 ok", 10),
                "BDAT: the large message's first chunk followed the RCPT replies");
         result_free(&b);
+    }
+    {
+        /* a body source fails under BDAT: only that message fails; the
+         * connection goes on, the next transaction starts with RSET */
+        tcase c = {
+            .name = "BDAT: a failing source gives up its message alone, RSET, the next goes",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 4},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n",
+                      "S:250 reset\r\n250 ok\r\n250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "aaaabbbbcccc",
+                      .chunk = 4, .fail_read = 1},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                             "BDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_INPUT, 0},
+            .want_txn_code = {0, 250},
+            .want_msg_sub = "attachment vanished",
+        };
+        check1(&c);
+    }
+    {
+        tcase c = {
+            .name = "BDAT: a failing source after chunks went out: RSET drops them",
+            .opts = {.helo = "client.example", .security = MLR_SEC_NONE, .chunk_size = 4},
+            .steps = {GREET, EHLO_CHUNK, "S:250 ok\r\n250 ok\r\n", "S:250 c1\r\n",
+                      "S:250 reset\r\n250 ok\r\n250 ok\r\n", "S:250 q2\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "aaaabbbbcccc",
+                      .chunk = 4, .fail_read = 2},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "two\r\n"}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 4\r\naaaaRSET\r\nMAIL FROM:<a@example.com>\r\n"
+                             "RCPT TO:<c@example.com>\r\nBDAT 5 LAST\r\ntwo\r\n",
+            .want_txn_err = {MLR_ERR_INPUT, 0},
+            .want_txn_code = {0, 250},
+            .want_msg_sub = "attachment vanished",
+        };
+        check1(&c);
+    }
+    {
+        /* back to back: the failing message's MAIL/RCPT replies come after
+         * the next one went out; no second RSET follows them */
+        tcase c = {
+            .name = "BDAT: early, a failing source: RSET once, the others go on",
+            .opts = PLAIN_OPTS,
+            .steps = {GREET, EHLO_CHUNK,
+                      "S:250 ok\r\n250 ok\r\n250 q1\r\n250 ok\r\n250 ok\r\n250 reset\r\n250 ok\r\n"
+                      "250 ok\r\n250 q3\r\n250 ok\r\n250 ok\r\n250 q4\r\n"},
+            .msgs = {{.from = "a@example.com", .rcpt = {"b@example.com"}, .body = "one\r\n",
+                      .size = 5},
+                     {.from = "a@example.com", .rcpt = {"c@example.com"}, .body = "abcdef",
+                      .chunk = 2, .size = 8, .fail_read = 1},
+                     {.from = "a@example.com", .rcpt = {"d@example.com"}, .body = "three\r\n",
+                      .size = 7},
+                     {.from = "a@example.com", .rcpt = {"e@example.com"}, .body = "four\r\n",
+                      .size = 6}},
+            .client = C_EHLO "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                             "BDAT 5 LAST\r\none\r\n"
+                             "MAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                             "RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@example.com>\r\n"
+                             "BDAT 7 LAST\r\nthree\r\n"
+                             "MAIL FROM:<a@example.com>\r\nRCPT TO:<e@example.com>\r\n"
+                             "BDAT 6 LAST\r\nfour\r\n",
+            .want_txn_err = {0, MLR_ERR_INPUT, 0, 0},
+            .want_txn_code = {250, 0, 250, 250},
+        };
+        check1(&c);
     }
     {
         tcase c = {
