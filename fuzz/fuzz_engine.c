@@ -5,7 +5,9 @@
  * handshake when asked, then EOF.
  *
  * Input: three option bytes, a fail-the-Nth-allocation byte, then per
- * message a body (length-prefixed); the rest is what the server says.
+ * message a body (length-prefixed; one that starts with 0xEE fails after
+ * its first piece, as a vanished file would); the rest is what the
+ * server says.
  *
  * Whatever the server says, the client must: write no bare CR, bare LF
  * or NUL; keep every line within 998 octets; end each message with at
@@ -38,12 +40,15 @@ typedef struct body {
     const uint8_t *p;
     size_t n, off;
     uint32_t seed;
+    int fails;         /* a body starting with 0xEE fails after its first piece */
 } body;
 
 static int read_body(void *ud, const uint8_t **p, size_t *n)
 {
     body *b = ud;
     size_t k;
+    if (b->fails && b->off > 0)
+        return MLR_ERR_IO;
     if (b->off >= b->n)
         return 0;
     b->seed = b->seed * 1103515245u + 12345u;
@@ -180,6 +185,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                                                                : bodies[i].p[k];
         bodies[i].p = bodycopy[i];
         bodies[i].off = 0;
+        bodies[i].fails = bodies[i].n > 1 && bodies[i].p[0] == 0xEE;
         bodies[i].seed = seed + (uint32_t)i;
         tx[i].size = (f1 & 8) ? bodies[i].n : 0;
         tx[i].eightbit = (f1 >> 4) & 1;
