@@ -395,52 +395,9 @@ int mlr_msg_add_header(mlr_msg *m, const char *name, size_t nlen, const char *v,
     return rc;
 }
 
-/* Copy text with every CRLF, bare CR and bare LF turned into CRLF. */
-static int normalise_text(mlr_msg *m, part *p, const char *s, size_t n)
-{
-    size_t i, extra = 0, o = 0;
-    char *d;
-    for (i = 0; i < n;) {   /* count the bare CRs and LFs, skipping plain runs */
-        i += mlr_plain_run((const uint8_t *)s + i, n - i);
-        if (i >= n)
-            break;
-        if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
-            i += 2;
-        else
-            extra += s[i++] != '\0';
-    }
-    if (extra > SIZE_MAX - n - 1)
-        return MLR_ERR_NOMEM;
-    if (m->borrow) {   /* the caller's bytes as they are; bare line ends become
-                          CRLF as the renderer reads them, never in a copy */
-        p->data = (char *)s;
-        p->len = n + extra;
-        p->raw_len = n;
-        p->crlf = extra > 0;
-        p->borrowed = 1;
-        return MLR_OK;
-    }
-    d = mlr_malloc(m->a, n + extra + 1);
-    if (!d)
-        return MLR_ERR_NOMEM;
-    for (i = 0; i < n; i++) {
-        if (s[i] == '\r' || s[i] == '\n') {
-            d[o++] = '\r';
-            d[o++] = '\n';
-            if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
-                i++;
-        } else {
-            d[o++] = s[i];
-        }
-    }
-    d[o] = '\0';
-    p->data = d;
-    p->len = o;
-    return MLR_OK;
-}
-
-/* Copy raw text from *i into out (room cap >= 2) with every bare CR or LF
- * written as CRLF; stops at the end or when out is full. The text is all
+/* Copy raw text from *i into out (room for cap octets) with every bare CR
+ * or LF written as CRLF; stops at the end or when out is full (a CRLF is
+ * never split). The text is all
  * in memory, so a CR at a slice's end looks at the next octet: no state. */
 static size_t crlf_slice(const char *s, size_t end, size_t *i, uint8_t *out, size_t cap)
 {
@@ -468,6 +425,42 @@ static size_t crlf_slice(const char *s, size_t end, size_t *i, uint8_t *out, siz
     }
     *i = k;
     return o;
+}
+
+/* Copy text with every CRLF, bare CR and bare LF turned into CRLF. */
+static int normalise_text(mlr_msg *m, part *p, const char *s, size_t n)
+{
+    size_t i, extra = 0, o;
+    char *d;
+    for (i = 0; i < n;) {   /* count the bare CRs and LFs, skipping plain runs */
+        i += mlr_plain_run((const uint8_t *)s + i, n - i);
+        if (i >= n)
+            break;
+        if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
+            i += 2;
+        else
+            extra += s[i++] != '\0';
+    }
+    if (extra > SIZE_MAX - n - 1)
+        return MLR_ERR_NOMEM;
+    if (m->borrow) {   /* the caller's bytes as they are; bare line ends become
+                          CRLF as the renderer reads them, never in a copy */
+        p->data = (char *)s;
+        p->len = n + extra;
+        p->raw_len = n;
+        p->crlf = extra > 0;
+        p->borrowed = 1;
+        return MLR_OK;
+    }
+    d = mlr_malloc(m->a, n + extra + 1);
+    if (!d)
+        return MLR_ERR_NOMEM;
+    i = 0;
+    o = crlf_slice(s, n, &i, (uint8_t *)d, n + extra);
+    d[o] = '\0';
+    p->data = d;
+    p->len = o;
+    return MLR_OK;
 }
 
 /* The quoted-printable size of a borrowed text with bare line ends, as if

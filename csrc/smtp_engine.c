@@ -1108,6 +1108,22 @@ static void all_rejected(mlr_smtp_txn *t)
              t->text.data ? t->text.data + cite->text_off : "", cite->text_len);
 }
 
+/* BDAT: no further chunk of t goes out (a chunk refused, or its body
+ * given up); the transaction stays open on the server until the RSET that
+ * starts the next one. */
+static void bdat_stop(mlr_smtp *e, mlr_smtp_txn *t)
+{
+    t->bdat_stopped = 1;
+    t->phase = P_DOT;
+    if (e->body == t) {
+        e->body = NULL;
+        e->body_wait = 0;
+    }
+    mlr_buf_reset(&e->chunk);
+    e->bdat_eof = 0;
+    e->need_rset = 1;
+}
+
 /* A reply in a transaction. */
 static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
 {
@@ -1215,16 +1231,8 @@ static void on_txn(mlr_smtp *e, int kind, mlr_smtp_txn *t, const mlr_reply *r)
         }
         if (!is_2xx(r->code)) {
             txn_fail_reply(t, r);
-            if (!t->bdat_last && !t->bdat_stopped) {
-                /* RFC 3030 4.2: no further chunks; what is queued still goes */
-                t->bdat_stopped = 1;
-                if (e->body == t)
-                    e->body = NULL;
-                mlr_buf_reset(&e->chunk);
-                e->bdat_eof = 0;
-                t->phase = P_DOT;
-                e->need_rset = 1;
-            }
+            if (!t->bdat_last && !t->bdat_stopped)
+                bdat_stop(e, t);   /* RFC 3030 4.2: what is queued still goes */
         }
         if (t->bdat_replies == t->bdat_sent && (t->bdat_last || t->bdat_stopped)) {
             if (!t->failed) {
@@ -1593,13 +1601,18 @@ static void compact_out(mlr_smtp *e)
 }
 
 /* A body source failed: fatal (no partial message may be delivered). */
-static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc)
+/* What t's body source says of its failure. */
+static const char *source_why(mlr_smtp_txn *t)
 {
     const char *why = t->read_error ? t->read_error(t->read_ud) : NULL;
+    return why && *why ? why : "source error";
+}
+
+static void read_failed(mlr_smtp *e, mlr_smtp_txn *t, int rc)
+{
     fatal(e, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, 0, NULL, 0,
           "reading the message failed during %s: %s; connection closed so that "
-          "no partial message is delivered", t->bdat ? "BDAT" : "DATA",
-          why && *why ? why : "source error");
+          "no partial message is delivered", t->bdat ? "BDAT" : "DATA", source_why(t));
 }
 
 /* Does a reply still due belong to t? */
@@ -1632,13 +1645,7 @@ static void bdat_abort(mlr_smtp *e, mlr_smtp_txn *t, int err, const char *why)
                  "is delivered",
                  why);
     }
-    t->bdat_stopped = 1;
-    t->phase = P_DOT;
-    e->body = NULL;
-    e->body_wait = 0;
-    e->bdat_eof = 0;
-    mlr_buf_reset(&e->chunk);
-    e->need_rset = 1;
+    bdat_stop(e, t);
     e->step_id++;
     if (!awaits(e, t))
         txn_finish(e, t);
@@ -1738,9 +1745,7 @@ static void fill_bdat(mlr_smtp *e)
         }
         if (rc < 0) {
             char why[400];
-            const char *w = t->read_error ? t->read_error(t->read_ud) : NULL;
-            snprintf(why, sizeof why, "reading the message failed during BDAT: %s",
-                     w && *w ? w : "source error");
+            snprintf(why, sizeof why, "reading the message failed during BDAT: %s", source_why(t));
             bdat_abort(e, t, rc == MLR_ERR_NOMEM ? rc : MLR_ERR_INPUT, why);
             return;
         }
